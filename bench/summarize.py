@@ -1,0 +1,48 @@
+"""Print the figures of a finished popsearch archive: one row per trial, the noise floor of the seed,
+and per-actor time accounting (training share of the actor's wall time).  Usage: summarize.py ARCHIVE"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import pandas as pd
+
+COLS = ["trial_id", "slot", "proposer", "status", "verdict", "val_bpb", "steps", "tokens", "training_seconds",
+        "startup_seconds", "judge_seconds", "total_seconds", "budget_seconds", "mfu", "peak_vram_mb", "backend"]
+
+
+def per_trial(df: pd.DataFrame) -> None:
+    df = df.copy()
+    df["tok_per_s"] = df.tokens / df.training_seconds
+    print(df[COLS + ["tok_per_s"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def noise(df: pd.DataFrame) -> None:
+    base = df[(df.proposer == "baseline") & (df.status == "ok")]
+    for device, g in base.groupby("device"):
+        vals = list(g.val_bpb)
+        std = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+        print(f"noise floor on {device}: n={len(vals)} mean={statistics.fmean(vals):.5f} std={std:.5f} "
+              f"values={[round(v, 5) for v in vals]}")
+
+
+def actor_time(df: pd.DataFrame) -> None:
+    """Training share per actor: sum of training seconds / (last judge end - first launch)."""
+    runs = [r for t in df.timeline.dropna() for r in json.loads(t)]
+    slots = sorted({r["slot"] for r in runs if r.get("slot")})
+    for slot in slots:
+        mine = [r for r in runs if r.get("slot") == slot]
+        span = max(r.get("judge_end") or r.get("finish", 0) for r in mine) - min(r["launch"] for r in mine)
+        train = sum(r.get("training_seconds") or 0 for r in mine)
+        print(f"actor {slot}: runs={len(mine)} wall={span:.1f}s training={train:.1f}s "
+              f"share={train / span:.3f} runs/hour={3600 * len(mine) / span:.1f}")
+
+
+if __name__ == "__main__":
+    frame = pd.read_parquet(sys.argv[1] + "/ledger").sort_values("finished_at")
+    per_trial(frame)
+    for _, row in frame[frame.status != "ok"].iterrows():
+        print(f"{row.trial_id} {row.status}: {str(row.reason)[:800]}")
+    noise(frame)
+    actor_time(frame)

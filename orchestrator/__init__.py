@@ -1,0 +1,3 @@
+"""The population: Ray driver, proposers, git archive, ledger, selection, CLI and reports.
+
+Data flows one way: orchestrator -> trainer -> judge."""

@@ -1,0 +1,197 @@
+"""The `popsearch` command: run, resume, status, report, trial, prepare, repair.
+
+Each subcommand parses its arguments, loads the config, and hands off to one plain function."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from orchestrator.config import ConfigError, load
+
+SUMMARY_KEYS = ("status", "val_bpb", "val_loss", "reason", "training_seconds", "startup_seconds", "judge_seconds",
+                "total_seconds", "budget_seconds", "steps", "tokens", "params", "peak_vram_mb", "mfu", "backend",
+                "device", "seed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"popsearch: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("popsearch: interrupted; `popsearch resume ARCHIVE` continues where this stopped", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="popsearch", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a population (no config: the built-in CPU demo)")
+    r.add_argument("config", nargs="?", help="YAML config (default: the built-in CPU demo)")
+    r.add_argument("--archive", help="archive folder (overrides the config's archive)")
+    r.add_argument("--max-trials", type=int, help="stop after this many finished trials in the archive")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("resume", help="continue a population from its archive")
+    s.add_argument("archive")
+    s.add_argument("--max-trials", type=int)
+    s.set_defaults(func=cmd_resume)
+
+    st = sub.add_parser("status", help="members, heads, scores and what is in flight")
+    st.add_argument("archive")
+    st.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", help="write ARCHIVE/report/ (leaderboard, progress plot, lineage)")
+    rep.add_argument("archive")
+    rep.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("trial", help="train and judge one train.py")
+    t.add_argument("train_py", nargs="?", help="candidate train.py (default: the config's seed)")
+    t.add_argument("--config", help="YAML config (default: the built-in CPU demo)")
+    t.add_argument("--budget", type=float, help="training seconds")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    t.set_defaults(func=cmd_trial)
+
+    pr = sub.add_parser("prepare", help="build the corpus, tokenizer and token cache")
+    pr.add_argument("--corpus", help="builtin | local:PATH | climbmix")
+    pr.add_argument("--config", help="YAML config (default: the built-in CPU demo)")
+    pr.set_defaults(func=cmd_prepare)
+
+    rp = sub.add_parser("repair", help="rebuild the ledger from the archive's commit trailers")
+    rp.add_argument("archive")
+    rp.set_defaults(func=cmd_repair)
+    return p
+
+
+def cmd_run(args) -> int:
+    from orchestrator.driver import run
+    cfg = load(args.config)
+    if args.archive:
+        cfg.archive = args.archive
+    if args.max_trials is not None:
+        cfg.stop.max_trials = args.max_trials
+    archive = run(cfg)
+    write_report_quietly(archive)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from orchestrator.driver import run
+    path = Path(args.archive)
+    saved = path / "config.yaml"
+    if not saved.exists():
+        print(f"popsearch: {path} is not a popsearch archive (no config.yaml)", file=sys.stderr)
+        return 2
+    cfg = load(saved)
+    cfg.archive = str(path)
+    if args.max_trials is not None:
+        cfg.stop.max_trials = args.max_trials
+    archive = run(cfg)
+    write_report_quietly(archive)
+    return 0
+
+
+def write_report_quietly(archive: Path) -> None:
+    from orchestrator.report import write_report
+    try:
+        out = write_report(archive)
+        print(f"report: {out}")
+    except Exception as exc:  # a report is a view; failing to draw it never fails the run
+        print(f"popsearch: could not write the report: {exc}", file=sys.stderr)
+
+
+def cmd_status(args) -> int:
+    from orchestrator.report import status_text
+    print(status_text(Path(args.archive)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import write_report
+    print(f"report: {write_report(Path(args.archive))}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from orchestrator.archive import repair
+    print(repair(Path(args.archive)))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from judge.prepare import prepare
+    cfg = load(args.config)
+    if args.corpus:
+        cfg.data.corpus = args.corpus
+    spec = prepare(cfg.data, log=print)
+    print(f"data: {spec.data_dir}")
+    print(f"train tokens: {spec.n_train_tokens}  val tokens: {spec.n_val_tokens}  vocab: {spec.vocab_size}")
+    return 0
+
+
+def cmd_trial(args) -> int:
+    from judge.prepare import prepare
+    from orchestrator import budget as budget_rules
+    from orchestrator.config import seed_source
+    from orchestrator.population import Job
+    from trainer.runner import run_trial
+    cfg = load(args.config)
+    if args.budget:
+        cfg.budget.seconds = args.budget
+    source = Path(args.train_py).read_text() if args.train_py else seed_source(cfg)
+    spec_data = prepare(cfg.data, log=print)
+    device = args.device or cfg.resources.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    job = Job(trial_id="trial", member="-", parent_commit="", commit="", source=source, proposer="cli", message="")
+    slot = {"device": device, "budget_factor": 1.0, "gpu_index": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if cfg.budget.kind == "flops":
+        from trainer.calibrate import measure_speed_isolated
+        slot["speed"] = measure_speed_isolated(device)
+    spec = budget_rules.trial_spec(cfg, job, slot, spec_data.data_dir, args.seed,
+                                   max(cfg.budget.startup_floor, cfg.budget.startup_allowance))
+    spec.wait_for_go = False
+    result = run_trial(spec, on_event=progress_printer()).to_dict()
+    print(summary_block(result))
+    return 0 if result["status"] == "ok" else 1
+
+
+def progress_printer():
+    state = {"last": -1}
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "start":
+            print("training started", flush=True)
+        elif event.get("event") == "progress":
+            pct = int(100 * event.get("progress", 0))
+            if pct // 10 != state["last"] // 10:
+                state["last"] = pct
+                loss = event.get("loss")
+                print(f"  {pct:3d}%  loss {loss:.4f}" if isinstance(loss, float) else f"  {pct:3d}%", flush=True)
+    return on_event
+
+
+def summary_block(result: dict) -> str:
+    lines = ["---"]
+    for key in SUMMARY_KEYS:
+        value = result.get(key)
+        if isinstance(value, float):
+            value = f"{value:.6f}" if key in ("val_bpb", "val_loss", "mfu") else f"{value:.2f}"
+        lines.append(f"{key}: {'' if value is None else value}")
+    tail = (result.get("log_tail") or "").strip().splitlines()[-5:]
+    if result.get("status") != "ok" and tail:
+        lines.append("log_tail: |")
+        lines.extend("  " + t for t in tail)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""The Ray driver: keeps every trial actor busy, harvests results with ray.wait, records verdicts.
+
+A thin loop over plain functions (population, selection, budget, archive, ledger); state is rebuilt
+from the archive on every start, so a killed driver resumes with nothing lost and nothing run twice."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+from orchestrator import budget as budget_rules
+from orchestrator import ledger, selection
+from orchestrator.archive import Archive
+from orchestrator.config import Config, seed_source
+from orchestrator.live import LiveBoard
+from orchestrator.population import BASELINE, Job, Scores, judge_job, ledger_row, margin_for, source_hash
+from orchestrator.proposers import mutate
+from orchestrator.proposers.base import Proposal
+
+POLL_SECONDS = 1.0
+INBOX_EVERY = 5.0            # seconds between scans of the inbox refs and patch folder
+BUILTIN_PROGRAM = ("Improve val_bpb by editing train.py only. The judge, the data and the budget are fixed. "
+                   "Lower is better; small gains inside the noise margin are re-run; seed changes never count.")
+
+
+class Driver:
+    """One population run: create or resume the archive, start actors, loop until a stop rule fires."""
+
+    def __init__(self, cfg: Config, out=sys.stdout):
+        self.cfg = cfg
+        self.out = out
+        self.rng = random.Random(cfg.seed)
+        self.archive_dir = Path(cfg.archive).expanduser().resolve()
+        self.scores = Scores()
+        self.states: dict[str, selection.MemberState] = {}
+        self.ready: deque[Job] = deque()
+        self.in_flight: dict = {}           # ray ref -> (job, actor index)
+        self.actor_load: dict[int, int] = {}
+        self.finished = 0
+        self.candidates_finished = 0
+        self.next_id = 0
+        self.margins: dict[str, float] = {}
+        self.baseline: dict[str, list[float]] = {}
+        self.t_start = time.time()
+        self.agent_refs: dict = {}          # ray ref -> (member, parent commit) of running agents
+        self.last_inbox = 0.0
+
+    # ---- setup -------------------------------------------------------------------------
+    def open_archive(self) -> None:
+        if (self.archive_dir / ".git").exists() or (self.archive_dir / "HEAD").exists():
+            self.archive = Archive.open(self.archive_dir)
+            self.say(f"resuming population in {self.archive_dir}")
+        else:
+            names = [f"m{i}" for i in range(self.cfg.population.size)]
+            self.archive = Archive.create(self.archive_dir, seed_source(self.cfg), names,
+                                          "seed: the baseline train.py" + self._override_note())
+            self.say(f"created population of {len(names)} in {self.archive_dir}")
+        save_config(self.cfg, self.archive_dir)
+
+    def _override_note(self) -> str:
+        o = self.cfg.population.overrides
+        return "" if not o else " with overrides " + ", ".join(f"{k}={v}" for k, v in o.items())
+
+    def rebuild(self) -> None:
+        """Member states, scores and counters from the archive's trial records and the ledger."""
+        fixed = self.archive.repair()       # finish whatever write a kill interrupted
+        if fixed.get("promotions") or fixed.get("pending_dropped"):
+            self.say(f"repaired interrupted writes: {fixed}")
+        records = self.archive.trial_records()
+        done_ids = {r["trial_id"] for r in records}
+        heads = self.archive.heads()
+        for name in heads:
+            self.states[name] = selection.MemberState(name=name)
+        for r in sorted(records, key=lambda r: r.get("finished_at") or 0):
+            self._absorb_record(r)
+        self.finished = len(records)
+        self.next_id = 1 + max([_id_number(t) for t in done_ids] + [_id_number(p.trial_id) for p in
+                                                                       self.archive.pending()] + [-1])
+        for p in self.archive.pending():
+            self.ready.append(self._job_from_pending(p))
+        self.refresh_head_scores()
+        if self.ready:
+            self.say(f"re-dispatching {len(self.ready)} trial(s) that were in flight")
+
+    def _absorb_record(self, r: dict) -> None:
+        src = self.archive.source(r["commit"])
+        h = source_hash(src)
+        device = r.get("device") or ""
+        runs = run_scores(r)
+        if r.get("reused_from"):
+            runs = []
+        self.scores.trial_of.setdefault((h, device), r["trial_id"])
+        for v in runs:
+            self.scores.add(h, device, {"status": "ok", "val_bpb": v}, r["trial_id"])
+        if r.get("proposer") == BASELINE:
+            if runs:
+                self.baseline.setdefault(device, []).extend(runs)
+                self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
+            if r.get("startup_seconds"):
+                self.scores.startups.setdefault(device, []).append(float(r["startup_seconds"]))
+        else:
+            self.candidates_finished += 1
+            st = self.states.get(r["member"])
+            if st is not None:
+                selection.apply_result(self.states, r["member"], r.get("val_bpb"),
+                                       r.get("verdict") == "promote", self.candidates_finished)
+
+    def _job_from_pending(self, p) -> Job:
+        return Job(trial_id=p.trial_id, member=p.member, parent_commit=p.parent, commit=p.sha,
+                   source=self.archive.source(p.sha), proposer=p.proposer, message=p.message,
+                   seed_base=self.cfg.seed * 1000 + _id_number(p.trial_id))
+
+    def refresh_head_scores(self) -> None:
+        """Each member's head score: the mean of its head's runs (any device kind) known so far."""
+        for name, sha in self.archive.heads().items():
+            score, _ = self.scores.any_device_mean(source_hash(self.archive.source(sha)))
+            st = self.states.setdefault(name, selection.MemberState(name=name))
+            if score is not None:
+                st.head_score = score
+                st.best_score = score if st.best_score is None else min(st.best_score, score)
+
+    # ---- actors -------------------------------------------------------------------------
+    def start_actors(self, ray) -> None:
+        from trainer.actor import remote_worker_class
+        cfg = self.cfg
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        use_cuda = cfg.resources.device == "cuda" or (cfg.resources.device == "auto" and gpus > 0)
+        if cfg.resources.device == "cuda" and gpus == 0:
+            raise RuntimeError("resources.device is cuda but the Ray cluster has no GPU")
+        if use_cuda:
+            n, cls = gpus, remote_worker_class(ray, num_gpus=1, num_cpus=1)
+        else:
+            cpus = int(resources.get("CPU", 1))
+            n = cfg.resources.cpu_slots or max(1, cpus // cfg.resources.threads_per_trial)
+            cls = remote_worker_class(ray, num_gpus=0, num_cpus=cfg.resources.threads_per_trial)
+        device = "cuda" if use_cuda else "cpu"
+        data = asdict(cfg.data)
+        self.actors = [cls.remote(f"{device}{i}", device, data, cfg.resources.threads_per_trial) for i in range(n)]
+        infos = ray.get([a.info.remote() for a in self.actors])
+        self.data_dirs = ray.get([a.ensure_data.remote() for a in self.actors])
+        kinds = budget_rules.kind_speeds(infos)
+        ref = budget_rules.reference_speed(cfg.budget.reference_speed, [i["speed"] for i in infos])
+        for info in infos:
+            info["measured_speed"] = info["speed"]
+            info["speed"] = kinds[info["device_name"]]
+            info["budget_factor"] = budget_rules.budget_factor(ref, info["speed"])
+        self.slots = infos
+        self.actor_load = {i: 0 for i in range(n)}
+        for i in infos:
+            self.say(f"actor {i['slot']} on {i['node']}: {i['device_name']} measured {i['measured_speed']:.3g}, kind speed {i['speed']:.3g}, "
+                     f"budget x{i['budget_factor']:.3f} = {cfg.budget.seconds * i['budget_factor']:.1f}s")
+
+    # ---- proposals ----------------------------------------------------------------------
+    def new_trial_id(self) -> str:
+        tid = f"t{self.next_id:05d}"
+        self.next_id += 1
+        return tid
+
+    def enqueue(self, proposal: Proposal) -> Job:
+        tid = self.new_trial_id()
+        sha = self.archive.add_pending(proposal.member, proposal.parent_commit, proposal.source,
+                                       proposal.message, tid, proposal.proposer)
+        job = Job(trial_id=tid, member=proposal.member, parent_commit=proposal.parent_commit, commit=sha,
+                  source=proposal.source, proposer=proposal.proposer, message=proposal.message,
+                  seed_base=self.cfg.seed * 1000 + self.next_id)
+        self.ready.append(job)
+        return job
+
+    def seed_baseline(self) -> None:
+        """A new population first measures the seed: its score and the noise floor (several seeds)."""
+        if self.finished or self.ready or self.in_flight:
+            return
+        heads = self.archive.heads()
+        first = sorted(heads)[0]
+        src = self.archive.source(heads[first])
+        for k in range(self.cfg.selection.noise_seeds):
+            self.enqueue(Proposal(member=first, parent_commit=heads[first], source=src, proposer=BASELINE,
+                                  message=f"baseline run {k + 1}/{self.cfg.selection.noise_seeds} of the seed"))
+
+    def budget_left(self) -> int:
+        if not self.cfg.stop.max_trials:
+            return 1 << 30
+        return self.cfg.stop.max_trials - self.finished - len(self.in_flight) - len(self.ready)
+
+    def fill_queue(self) -> None:
+        depth = self.cfg.proposers.queue_depth or 2 * len(self.actors)
+        if not self.baseline_ready():
+            return
+        self.scan_inbox()
+        while len(self.ready) < depth and self.budget_left() - len(self.agent_refs) > 0:
+            proposal = self.propose()
+            if proposal is None:
+                break
+            self.enqueue(proposal)
+
+    def baseline_ready(self) -> bool:
+        return any(self.baseline.values())
+
+    def busy_members(self) -> dict[str, int]:
+        busy: dict[str, int] = {}
+        jobs = [job for job, _ in self.in_flight.values()] + list(self.ready)
+        jobs += [{"member": m} for m, _ in self.agent_refs.values()]
+        for job in jobs:
+            name = job["member"] if isinstance(job, dict) else job.member
+            busy[name] = busy.get(name, 0) + 1
+        return busy
+
+    def propose(self) -> Proposal | None:
+        """The next candidate from the built-in mutator; starts an agent instead when the dice say so."""
+        cfg = self.cfg.proposers
+        available = ["mutate"] if cfg.weights.get("mutate", 0) > 0 else []
+        if len(self.agent_refs) < cfg.agent_concurrency:
+            available.append("agent")
+        name = selection.pick_proposer({k: v for k, v in cfg.weights.items() if k != "inbox"}, self.rng, available)
+        member = selection.pick_member(self.states_alive(), self.rng, in_flight=self.busy_members())
+        if name == "agent":
+            self.start_agent(member)
+            return None
+        idle = sum(1 for load in self.actor_load.values() if load == 0)
+        if name is None and (self.ready or idle == 0):
+            return None
+        # mutate, or (no proposer free and a device would idle) mutate to keep the device busy
+        parent = self.archive.heads()[member]
+        bounds = {"SEQ_LEN": (max(8, self.cfg.judge.seq_len // 4), 16384)}
+        new_src, message = mutate.propose(self.archive.source(parent), self.rng, cfg.mutate_changes, bounds=bounds)
+        if name is None:
+            message += " (filling in for busy agents)"
+        return Proposal(member=member, parent_commit=parent, source=new_src, proposer="mutate", message=message)
+
+    def states_alive(self) -> dict:
+        heads = self.archive.heads()
+        return {m: self.states.setdefault(m, selection.MemberState(name=m)) for m in heads}
+
+    def start_agent(self, member: str) -> None:
+        import ray
+        from orchestrator.proposers.agent import format_history, run_agent_on_commit
+        cfg = self.cfg.proposers
+        parent = self.archive.heads()[member]
+        history = format_history(member, self.archive.history(member), self.states[member].head_score)
+        task = ray.remote(num_cpus=0, max_retries=0)(run_agent_on_commit)
+        ref = task.remote(str(self.archive_dir), parent, cfg.agent_command, program_text(cfg.program), history,
+                          cfg.agent_timeout)
+        self.agent_refs[ref] = (member, parent)
+        self.say(f"  agent started on {member} ({len(self.agent_refs)}/{cfg.agent_concurrency} running)")
+
+    def harvest_agents(self, ray) -> None:
+        if not self.agent_refs:
+            return
+        done, _ = ray.wait(list(self.agent_refs), num_returns=len(self.agent_refs), timeout=0)
+        for ref in done:
+            member, parent = self.agent_refs.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as exc:
+                self.say(f"  agent task on {member} was lost: {exc}")
+                continue
+            if outcome.status == "ok" and member in self.archive.heads():
+                self.enqueue(Proposal(member=member, parent_commit=parent, source=outcome.source,
+                                      proposer="agent", message=outcome.message or "agent edit"))
+            elif member in self.archive.heads():
+                row = self.archive.reject(member, parent, self.new_trial_id(), "agent",
+                                          outcome.message or "agent proposal",
+                                          f"agent {outcome.status}: {outcome.reason}"[:500], source=outcome.source)
+                self.finished += 1
+                self.board.finished(row)
+
+    def scan_inbox(self) -> None:
+        from orchestrator.proposers.inbox import scan_inbox
+        now = time.time()
+        if now - self.last_inbox < INBOX_EVERY:
+            return
+        self.last_inbox = now
+        patch_dir = self.cfg.proposers.inbox_dir or None
+        for prop in scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say):
+            if prop.trial_id:                  # a ref: already pending in the archive
+                self.ready.append(Job(trial_id=prop.trial_id, member=prop.member,
+                                      parent_commit=prop.parent_commit, commit=prop.extra["pending_commit"],
+                                      source=prop.source, proposer="inbox", message=prop.message,
+                                      seed_base=self.cfg.seed * 1000 + _id_number(prop.trial_id)))
+            else:
+                self.enqueue(Proposal(member=prop.member, parent_commit=prop.parent_commit, source=prop.source,
+                                      proposer="inbox", message=prop.message))
+
+    # ---- dispatch and harvest -----------------------------------------------------------
+    def dispatch(self) -> None:
+        per_actor = 1
+        while self.ready:
+            idle = [i for i, load in self.actor_load.items() if load < per_actor]
+            if not idle:
+                return
+            job = self.ready.popleft()
+            reused = self.try_reuse(job)
+            if reused:
+                continue
+            i = idle[0]
+            slot = self.slots[i]
+            device = slot["device_name"]
+            startup = budget_rules.startup_allowance(self.scores.startups.get(device, []),
+                                                     self.cfg.budget.startup_floor)
+            if self.cfg.budget.startup_allowance > 0:
+                startup = self.cfg.budget.startup_allowance
+            head_hash = source_hash(self.archive.source(job.parent_commit)) if job.parent_commit else ""
+            curve = self.scores.curves.get((head_hash, device)) if self.cfg.selection.early_stop_margin else None
+            spec = budget_rules.trial_spec(self.cfg, job, slot, self.data_dirs[i], job.next_seed(), startup, curve)
+            ref = self.actors[i].run.remote(spec.to_dict(), {"member": job.member, "proposer": job.proposer})
+            self.in_flight[ref] = (job, i)
+            self.actor_load[i] += 1
+
+    def try_reuse(self, job: Job) -> bool:
+        """A byte-identical candidate already judged on this device kind is not trained again."""
+        if job.proposer == BASELINE or job.runs:
+            return False
+        device = self.slots[0]["device_name"]
+        key = (job.hash, device)
+        if key not in self.scores.trial_of:
+            return False
+        earlier = self.scores.trial_of[key]
+        values = self.scores.by_source.get(key, [])
+        result = {"status": "ok" if values else "crash", "device": device,
+                  "val_bpb": sum(values) / len(values) if values else None,
+                  "reason": f"byte-identical to {earlier}: result reused, not trained again"}
+        job.runs.append(result)
+        verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)",
+                   "margin": self.margins.get(device, 0.0), "runs": 0}
+        self.finish_job(job, result, verdict, self.slots[0], reused_from=earlier)
+        return True
+
+    def harvest(self, ray) -> None:
+        if not self.in_flight:
+            return
+        done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_SECONDS)
+        for ref in done:
+            job, i = self.in_flight.pop(ref)
+            self.actor_load[i] -= 1
+            try:
+                result = ray.get(ref)
+            except Exception as exc:         # actor or node died: not the candidate's fault
+                self.infra_failure(job, f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            if result.get("status") == "infra":
+                self.infra_failure(job, result.get("reason", ""))
+                continue
+            result["slot"] = self.slots[i]["slot"]
+            self.on_result(job, result, self.slots[i])
+
+    def infra_failure(self, job: Job, reason: str) -> None:
+        job.infra_failures += 1
+        job.attempt += 1
+        if job.attempt <= self.cfg.resources.max_retries:
+            self.say(f"  {job.trial_id} lost to an infrastructure failure ({reason}); dispatching again")
+            self.ready.appendleft(job)
+            return
+        result = {"status": "infra", "reason": f"gave up after {job.attempt} infrastructure failures: {reason}"}
+        job.runs.append(result)
+        self.finish_job(job, result, {"kind": "discard", "decided_by": "infrastructure failures",
+                                      "margin": 0.0, "runs": 0}, {})
+
+    def on_result(self, job: Job, result: dict, slot: dict) -> None:
+        job.runs.append(result)
+        device = result.get("device") or slot["device_name"]
+        if job.proposer == BASELINE:
+            self.on_baseline(job, result, slot, device)
+            return
+        margin = self.margins.get(device, self.cfg.selection.margin)
+        head_hash = source_hash(self.archive.source(self.archive.heads()[job.member]))
+        job.parent_source = self.archive.source(job.parent_commit)
+        verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs)
+        if verdict["kind"] == "rerun":
+            self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
+            self.ready.appendleft(job)
+            return
+        self.finish_job(job, result, verdict, slot)
+
+    def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
+        ok = result.get("status") == "ok"
+        verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1,
+                   "margin": self.margins.get(device, 0.0)}
+        self.finish_job(job, result, verdict, slot)
+        if ok:
+            self.baseline.setdefault(device, []).append(result["val_bpb"])
+            self.scores.startups.setdefault(device, []).append(result.get("startup_seconds", 0.0))
+            self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
+            self.refresh_head_scores()
+
+    def finish_job(self, job: Job, result: dict, verdict: dict, slot: dict, reused_from: str = "") -> None:
+        row = ledger_row(job, result, verdict, slot, reused_from)
+        promote = verdict["kind"] == "promote"
+        head = self.archive.heads().get(job.member)
+        row = self.archive.finish(job.trial_id, row, promote, expect_head=head if promote else None)
+        device = result.get("device") or slot.get("device_name", "")
+        for r in job.runs if not reused_from else []:
+            self.scores.add(job.hash, r.get("device") or device, r, job.trial_id)
+        self.finished += 1
+        if job.proposer != BASELINE:
+            self.candidates_finished += 1
+            selection.apply_result(self.states, job.member, row["val_bpb"], promote, self.candidates_finished)
+        self.board.finished(row)
+        self.maybe_cull()
+
+    def maybe_cull(self) -> None:
+        sel = self.cfg.selection
+        if not selection.due_for_culling(self.candidates_finished, sel.cull_every):
+            return
+        self.refresh_head_scores()
+        taken = set(self.archive.retired()) | set(self.archive.heads())
+        plan = selection.cull_and_fork(self.states, sel.cull_fraction, sel.patience, self.rng, taken=taken)
+        busy = {job.member for job, _ in self.in_flight.values()} | {job.member for job in self.ready}
+        plan = [p for p in plan if p[0] not in busy]      # never retire a member with work in flight
+        for retire, fork_from, new_name in plan:
+            self.archive.fork(new_name, fork_from)
+            self.archive.retire(retire)
+            self.say(f"cull: retired {retire}, forked {new_name} from {fork_from}")
+        selection.apply_forks(self.states, plan, self.candidates_finished)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        stop = self.cfg.stop
+        if stop.max_trials and self.finished >= stop.max_trials:
+            return True
+        if stop.max_wall_seconds and time.time() - self.t_start >= stop.max_wall_seconds:
+            return True
+        return False
+
+    def loop(self, ray) -> None:
+        while True:
+            if self.should_stop():
+                if not self.in_flight:
+                    break
+            else:
+                self.seed_baseline()
+                self.fill_queue()
+                self.dispatch()
+            if not self.in_flight and not self.ready and not self.agent_refs:
+                if self.should_stop() or not self.baseline_ready():
+                    break
+            self.harvest(ray)
+            self.harvest_agents(ray)
+            self.board.tick(ray, self.actors, self.slots)
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def program_text(path: str) -> str:
+    """The research brief agents read: the configured program.md, else the built-in summary."""
+    p = Path(path).expanduser()
+    return p.read_text() if path and p.is_file() else BUILTIN_PROGRAM
+
+
+def run_scores(record: dict) -> list[float]:
+    """The val_bpb of each ok run a recorded verdict rests on."""
+    import json
+    if record.get("status") != "ok":
+        return []
+    if record.get("run_scores"):
+        return [float(v) for v in json.loads(record["run_scores"])]
+    return [float(record["val_bpb"])] if record.get("val_bpb") is not None else []
+
+
+def _id_number(trial_id: str) -> int:
+    digits = "".join(ch for ch in trial_id.split(".")[0] if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def save_config(cfg: Config, archive_dir: Path) -> None:
+    import yaml
+    path = archive_dir / "config.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def connect_ray(cfg: Config):
+    """Join the cluster named by RAY_ADDRESS, or start a local one sized for this machine."""
+    import ray
+    if ray.is_initialized():
+        return ray
+    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env={"env_vars": env})
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": env})
+    return ray
+
+
+def run(cfg: Config, out=sys.stdout) -> Path:
+    """Run (or resume) the population described by cfg until a stop rule fires; returns the archive dir."""
+    driver = Driver(cfg, out)
+    driver.open_archive()
+    try:
+        driver.rebuild()
+        ray = connect_ray(cfg)
+        driver.board = LiveBoard(out, cfg.budget.seconds)
+        driver.start_actors(ray)
+        driver.loop(ray)
+        driver.board.close()
+        driver.say(f"done: {driver.finished} trials in the archive {driver.archive_dir}")
+    finally:
+        driver.archive.close()
+    return driver.archive_dir

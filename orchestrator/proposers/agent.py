@@ -1,0 +1,279 @@
+"""The agent proposer: run a user's coding-agent command in a git worktree of a member head, collect train.py.
+
+Plain functions with plain arguments (the driver wraps them as Ray tasks); the agent runs in its own process
+group, is killed at its timeout, and anything it changes besides train.py rejects the proposal."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.proposers.base import TRAIN_PY, Proposal, clean_message, validate_source
+
+STATUSES = ("ok", "timeout", "failed", "no_change", "rejected")
+PLACEHOLDERS = ("{workdir}", "{program}", "{history}")
+LOG_TAIL_CHARS = 4000                    # of the agent's stdout and stderr kept in the outcome
+KILL_GRACE_SECONDS = 2.0                 # between SIGTERM and SIGKILL of the agent's process group
+KILL_WAIT_SECONDS = 5.0                  # for the killed group to disappear
+IGNORED_PARTS = ("__pycache__",)         # byproducts of running train.py, never counted as changes
+IGNORED_SUFFIXES = (".pyc",)
+FALLBACK_MESSAGE = "agent edit"
+HISTORY_CELL_CHARS = 160                 # longer messages and reasons are cut in history.md
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "popsearch-agent", "GIT_AUTHOR_EMAIL": "agent@popsearch.invalid",
+                "GIT_COMMITTER_NAME": "popsearch-agent", "GIT_COMMITTER_EMAIL": "agent@popsearch.invalid"}
+
+
+@dataclass
+class AgentOutcome:
+    """What one agent run produced. source is the new train.py only when status is ok."""
+    status: str                          # ok | timeout | failed | no_change | rejected
+    source: str | None = None
+    message: str = ""
+    reason: str = ""
+    log_tail: str = ""
+    files: list = field(default_factory=list)    # offending paths when rejected for touching other files
+    seconds: float = 0.0
+    returncode: int | None = None
+
+
+def _git(cwd, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {cwd} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def make_worktree(repo_path, sha: str, dest) -> Path:
+    """A detached git worktree of `sha` at `dest` (which must not exist yet)."""
+    dest = Path(dest)
+    # --force: a worktree registered at dest by a run that was killed must not block this one
+    _git(repo_path, "worktree", "add", "--detach", "--force", str(dest), sha)
+    return dest
+
+
+def remove_worktree(repo_path, dest) -> None:
+    """Remove the worktree at `dest` and its bookkeeping, whatever the agent left in it."""
+    done = subprocess.run(["git", "worktree", "remove", "--force", "--force", str(dest)],
+                          cwd=str(repo_path), capture_output=True, text=True)
+    if done.returncode != 0 or Path(dest).exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=str(repo_path), capture_output=True)
+
+
+def format_command(template: str, workdir, program, history) -> str:
+    """The shell command: the template's {workdir} {program} {history} replaced by quoted paths
+    (other braces, e.g. ${HOME}, are left alone)."""
+    values = {"{workdir}": workdir, "{program}": program, "{history}": history}
+    command = template
+    for key, value in values.items():
+        command = command.replace(key, shlex.quote(str(value)))
+    return command
+
+
+def format_history(member: str, rows: list[dict], head_score: float | None = None) -> str:
+    """history.md: the member's finished trials, oldest first (ledger rows as dicts)."""
+    head = "not judged yet" if head_score is None else f"{head_score:.6f}"
+    lines = [f"# History of member {member}", "", f"Current head val_bpb: {head} (lower is better).", ""]
+    if not rows:
+        return "\n".join(lines + ["No trials yet.", ""])
+    lines += ["| trial | proposer | status | verdict | val_bpb | message | reason |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        bpb = r.get("val_bpb")
+        score = f"{bpb:.6f}" if isinstance(bpb, (int, float)) and bpb == bpb else ""
+        message = _text(r.get("message")).strip().splitlines()
+        cells = [_text(r.get(k)) for k in ("trial_id", "proposer", "status", "verdict")]
+        cells += [score, message[0] if message else "", _text(r.get("reason"))]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def _text(value) -> str:
+    """'' for missing values (None, NaN from a parquet ledger), else the value as text."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def _cell(value: str) -> str:
+    return value.replace("|", "/").replace("\n", " ")[:HISTORY_CELL_CHARS]
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group is running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen, gentle: bool) -> None:
+    """End the agent's whole process group: SIGTERM (when gentle), a grace period, then SIGKILL."""
+    pgid = proc.pid
+    if gentle:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _run_command(command: str, workdir: Path, out: Path, err: Path, timeout: float,
+                 env: dict) -> tuple[int | None, bool]:
+    """(returncode, timed_out); the group is gone when this returns."""
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = subprocess.Popen(command, shell=True, cwd=str(workdir), stdin=subprocess.DEVNULL,
+                                stdout=fo, stderr=fe, start_new_session=True, env=env)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, gentle=True)
+            return None, True
+        _kill_group(proc, gentle=False)       # children it left behind
+        return code, False
+
+
+def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _ignored(path: str) -> bool:
+    parts = path.split("/")
+    return any(p in IGNORED_PARTS for p in parts) or path.endswith(IGNORED_SUFFIXES)
+
+
+def changed_files(workdir, base: str) -> tuple[list[str], bool]:
+    """(paths changed since `base` in the worktree: committed, staged, unstaged, untracked; whether
+    train.py was deleted). Byproducts such as __pycache__ are left out."""
+    diff = _git(workdir, "diff", "--no-renames", "--name-status", "-z", base).split("\0")
+    pairs = list(zip(diff[0::2], diff[1::2]))
+    untracked = [p for p in _git(workdir, "ls-files", "--others", "-z").split("\0") if p]
+    paths = {p for _, p in pairs} | set(untracked)
+    deleted = any(s.startswith("D") and p == TRAIN_PY for s, p in pairs)
+    return sorted(p for p in paths if not _ignored(p)), deleted
+
+
+def _commit_message(workdir, base: str) -> str:
+    if _git(workdir, "rev-parse", "HEAD").strip() == base:
+        return ""
+    return _git(workdir, "log", "--reverse", "--format=%B", f"{base}..HEAD").strip()
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in _tail(path).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _collect(workdir: Path, base: str, out: Path) -> AgentOutcome:
+    """Turn the worktree's state after the agent into an outcome."""
+    files, deleted = changed_files(workdir, base)
+    others = [f for f in files if f != TRAIN_PY]
+    if others:
+        return AgentOutcome("rejected", reason=f"agent changed files other than {TRAIN_PY}: {', '.join(others)}",
+                            files=others)
+    if deleted:
+        return AgentOutcome("rejected", reason=f"agent deleted {TRAIN_PY}", files=[TRAIN_PY])
+    if not files:
+        return AgentOutcome("no_change", reason=f"agent left {TRAIN_PY} unchanged")
+    source = (workdir / TRAIN_PY).read_text(encoding="utf-8", errors="replace")
+    ok, why = validate_source(source)
+    if not ok:
+        return AgentOutcome("rejected", reason=why)
+    message = clean_message(_commit_message(workdir, base) or _last_line(out), FALLBACK_MESSAGE)
+    return AgentOutcome("ok", source=source, message=message)
+
+
+def run_agent(command_template: str, workdir, program_md: str, history_text: str, timeout: float,
+              env: dict | None = None) -> AgentOutcome:
+    """Run the agent command in `workdir` (a git worktree of the member head) and collect its train.py.
+
+    program.md and history.md are written to a brief folder outside the worktree and passed by path."""
+    workdir = Path(workdir).resolve()
+    base = _git(workdir, "rev-parse", "HEAD").strip()
+    brief = Path(tempfile.mkdtemp(prefix="popsearch-brief-"))
+    started = time.monotonic()
+    try:
+        program, history = brief / "program.md", brief / "history.md"
+        out, err = brief / "agent.out", brief / "agent.err"
+        program.write_text(program_md)
+        history.write_text(history_text)
+        command = format_command(command_template, workdir, program, history)
+        run_env = {**GIT_IDENTITY, **(env if env is not None else os.environ),
+                   "POPSEARCH_WORKDIR": str(workdir), "POPSEARCH_PROGRAM": str(program),
+                   "POPSEARCH_HISTORY": str(history)}
+        code, timed_out = _run_command(command, workdir, out, err, timeout, run_env)
+        tail = (_tail(out) + "\n" + _tail(err)).strip()[-LOG_TAIL_CHARS:]
+        if timed_out:
+            outcome = AgentOutcome("timeout", reason=f"agent killed at its {timeout:g}s timeout")
+        elif code != 0:
+            outcome = AgentOutcome("failed", reason=f"agent command exited with code {code}: {command}")
+        else:
+            try:
+                outcome = _collect(workdir, base, out)
+            except RuntimeError as exc:           # e.g. the agent broke the worktree's .git
+                outcome = AgentOutcome("failed", reason=f"could not read the agent's changes: {exc}")
+        outcome.log_tail, outcome.returncode = tail, code
+        outcome.seconds = time.monotonic() - started
+        return outcome
+    finally:
+        shutil.rmtree(brief, ignore_errors=True)
+
+
+def run_agent_on_commit(repo_path, sha: str, command_template: str, program_md: str, history_text: str,
+                        timeout: float, scratch_root=None, env: dict | None = None) -> AgentOutcome:
+    """make_worktree + run_agent + remove_worktree: what one agent Ray task does."""
+    root = Path(tempfile.mkdtemp(prefix="popsearch-agent-", dir=scratch_root))
+    dest = root / "work"
+    try:
+        try:
+            make_worktree(repo_path, sha, dest)
+        except RuntimeError as exc:
+            return AgentOutcome("failed", reason=f"could not prepare the agent's worktree: {exc}")
+        return run_agent(command_template, dest, program_md, history_text, timeout, env=env)
+    finally:
+        remove_worktree(repo_path, dest)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def to_proposal(outcome: AgentOutcome, member: str, parent_commit: str) -> Proposal | None:
+    """The outcome as a Proposal (None unless it is ok)."""
+    if outcome.status != "ok":
+        return None
+    return Proposal(member=member, parent_commit=parent_commit, source=outcome.source, proposer="agent",
+                    message=outcome.message, extra={"agent_seconds": round(outcome.seconds, 3)})

@@ -1,0 +1,485 @@
+"""Reports in ARCHIVE/report/ (leaderboard.tsv, progress.png, lineage.svg, summary.md) and `popsearch status` text.
+
+Everything is read from the archive's refs and trailers (the source of truth), never from a running driver."""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+import statistics
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from matplotlib import transforms
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from orchestrator import ledger
+from orchestrator.archive import SEED_BRANCH, SHORT, Archive, LineageEntry, Pending, lock_holder
+from orchestrator.population import BASELINE
+
+REPORT_DIR = "report"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+LEADERBOARD_COLUMNS = ("member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions",
+                       "last_improvement", "status", "forked_from")
+PNG_SIZE, PNG_DPI = (10, 5.5), 110
+CLIP_QUANTILE = 0.9          # the plot's top edge: this quantile plus its distance to the best (outliers sit on it)
+MARGIN_STDS = 2.0            # the noise margin when no candidate recorded one: this many std of the seed runs
+SEED_COLOR, FAILED_COLOR = "black", "#d62728"
+SVG_WIDTH, SVG_LABEL_WIDTH, SVG_LANE, SVG_TOP, SVG_BOTTOM, SVG_RIGHT = 960, 130, 36, 40, 50, 30
+
+
+class Snapshot(NamedTuple):
+    """What the archive says now."""
+    path: Path
+    trials: pd.DataFrame                 # trial records (ledger columns), by finish time
+    heads: dict[str, str]
+    retired: dict[str, str]
+    lineage: list[LineageEntry]
+    pending: list[Pending]
+    pending_since: dict[str, float]      # trial id -> time the candidate was proposed
+    head_scores: dict[str, float | None]  # member -> val_bpb of its head as judged (see head_score)
+    baseline: list[float]                # val_bpb of every run of the seed (proposer "baseline")
+
+
+def run_scores(record) -> list[float]:
+    """The val_bpb of each run an ok record rests on (its run_scores list, else its val_bpb)."""
+    if record["status"] != "ok":
+        return []
+    if isinstance(record["run_scores"], str) and record["run_scores"]:
+        return [float(v) for v in json.loads(record["run_scores"])]
+    return [] if pd.isna(record["val_bpb"]) else [float(record["val_bpb"])]
+
+
+def baseline_scores(records: list[dict]) -> list[float]:
+    return [v for r in records if r["proposer"] == BASELINE for v in run_scores(r)]
+
+
+def head_score(archive: Archive, sha: str, records: list[dict], baseline: list[float]) -> float | None:
+    """The head commit's own trial record; else the seed runs' mean when train.py is the seed's byte for byte;
+    else the mean of the ok trials with the head's tree; None when nothing judged it."""
+    own = next((r for r in records if r["commit"] == sha), None)
+    if own is not None:
+        return own["val_bpb"]
+    if baseline and archive.source(sha) == archive.source(SEED_BRANCH):
+        return statistics.fmean(baseline)
+    tree = archive.repo.commit(sha).tree.hexsha
+    same = [r["val_bpb"] for r in records if r["status"] == "ok" and r["val_bpb"] is not None
+            and archive.repo.commit(r["commit"]).tree.hexsha == tree]
+    return statistics.fmean(same) if same else None
+
+
+def snapshot(archive_dir) -> Snapshot:
+    with Archive(archive_dir, writer=False) as archive:
+        records = archive.trial_records()
+        heads, retired = archive.heads(), archive.retired()
+        lineage = archive.lineage()
+        known = {e.member for e in lineage}
+        lineage += [LineageEntry(m, None, float("nan"), None) for m in sorted({*heads, *retired} - known)]
+        pending = archive.pending()
+        since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
+        baseline = baseline_scores(records)
+        scores = {m: head_score(archive, sha, records, baseline) for m, sha in {**retired, **heads}.items()}
+        path = archive.path
+    trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
+    return Snapshot(path, trials, heads, retired, lineage, pending, since, scores, baseline)
+
+
+def _iso(stamp) -> str:
+    if stamp is None or pd.isna(stamp):
+        return ""
+    return datetime.datetime.fromtimestamp(float(stamp), tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kept(trials: pd.DataFrame) -> pd.Series:
+    return trials["promoted"].eq(True)
+
+
+def _seed_runs(trials: pd.DataFrame) -> pd.Series:
+    return trials["proposer"].eq(BASELINE)
+
+
+def noise_margin(snap: Snapshot) -> tuple[float | None, str]:
+    """(margin, where from): the newest a candidate's verdict used, else MARGIN_STDS x std of the seed runs."""
+    used = snap.trials.loc[~_seed_runs(snap.trials), "margin"].dropna()
+    used = used[used > 0]
+    if len(used):
+        return float(used.iloc[-1]), "recorded by the verdicts"
+    if len(snap.baseline) >= 2:
+        return MARGIN_STDS * statistics.stdev(snap.baseline), f"{MARGIN_STDS:g} x std of the seed runs"
+    return None, "none yet"
+
+
+def leaderboard(snap: Snapshot) -> pd.DataFrame:
+    """One row per member (living and retired), by the val_bpb of its head; best_val_bpb is its best candidate."""
+    candidates = snap.trials[~_seed_runs(snap.trials)]
+    rows = []
+    for entry in snap.lineage:
+        member = entry.member
+        mine = candidates[candidates["member"] == member]
+        kept = mine[_kept(mine)]
+        tip = snap.heads.get(member) or snap.retired.get(member, "")
+        rows.append({"member": member, "head": tip[:SHORT], "head_val_bpb": snap.head_scores.get(member),
+                     "best_val_bpb": mine.loc[mine["status"] == "ok", "val_bpb"].min(),
+                     "trials": len(mine), "promotions": len(kept),
+                     "last_improvement": _iso(kept["finished_at"].max()) if len(kept) else "",
+                     "status": "alive" if member in snap.heads else "retired",
+                     "forked_from": entry.forked_from or ""})
+    board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+    for column in ("head_val_bpb", "best_val_bpb"):
+        board[column] = pd.to_numeric(board[column])
+    return board.sort_values(["head_val_bpb", "member"], na_position="last").reset_index(drop=True)
+
+
+def _colors(snap: Snapshot) -> dict[str, str]:
+    return {e.member: PALETTE[i % len(PALETTE)] for i, e in enumerate(snap.lineage)}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+# ---- progress.png ----------------------------------------------------------------------------------------
+
+def _y_limits(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(values.min()), float(values.max())
+    if len(values) >= 5:
+        q = float(np.quantile(values, CLIP_QUANTILE))
+        hi = min(hi, q + (q - lo))
+    pad = (hi - lo) * 0.06 or max(abs(lo) * 0.01, 1e-3)
+    return lo - pad, hi + pad
+
+
+def _baseline_mean(snap: Snapshot) -> float | None:
+    return statistics.fmean(snap.baseline) if snap.baseline else None
+
+
+def best_head(snap: Snapshot) -> tuple[str, float, float | None] | None:
+    """(member, val_bpb of its head, gain over the seed runs' mean) of the best-judged head; None if none is judged."""
+    judged = {m: v for m, v in snap.head_scores.items() if v is not None and not pd.isna(v)}
+    if not judged:
+        return None
+    member = min(judged, key=lambda m: (judged[m], m))
+    base = _baseline_mean(snap)
+    return member, judged[member], None if base is None else base - judged[member]
+
+
+def _score_at(snap: Snapshot, member: str, when: float) -> float | None:
+    """A member's head score at time `when`: its last promotion by then, else what it started from."""
+    t = snap.trials
+    kept = t[_kept(t) & t["member"].eq(member) & t["finished_at"].le(when)]
+    if len(kept):
+        return float(kept["val_bpb"].iloc[-1])
+    entry = next((e for e in snap.lineage if e.member == member), None)
+    if entry is not None and entry.forked_from and entry.created_at < when:
+        return _score_at(snap, entry.forked_from, entry.created_at)
+    return _baseline_mean(snap)
+
+
+def _line_start(snap: Snapshot, entry: LineageEntry) -> tuple[float, float | None]:
+    """(x, val_bpb) where a member's running best begins: the seed runs' mean at 0, or its parent's head at the fork."""
+    if not entry.forked_from:
+        return 0.0, _baseline_mean(snap)
+    x = float(snap.trials["finished_at"].le(entry.created_at).sum())
+    return x, _score_at(snap, entry.forked_from, entry.created_at)
+
+
+def _plot_member(ax, x, snap, good, entry, color, top) -> Line2D:
+    """A member's discarded trials (faint), its promotions (big dots) and its running best (step line)."""
+    trials = snap.trials
+    mine = good & (trials["member"] == entry.member).to_numpy() & ~_seed_runs(trials).to_numpy()
+    kept = mine & _kept(trials).to_numpy()
+    y = trials["val_bpb"].to_numpy(dtype=float)
+    over = mine & ~kept & (y > top)
+    faint = mine & ~kept & ~over
+    ax.scatter(x[faint], y[faint], s=16, color=color, alpha=0.35, linewidths=0)
+    ax.scatter(x[over], np.full(over.sum(), top), s=22, color=color, alpha=0.5, marker="^", clip_on=False)
+    ax.scatter(x[kept], y[kept], s=80, color=color, edgecolors="black", linewidths=0.8, zorder=4)
+    x0, y0 = _line_start(snap, entry)
+    xs, ys = (x[kept], y[kept]) if y0 is None else (np.insert(x[kept], 0, x0), np.insert(y[kept], 0, y0))
+    if len(xs):
+        best = np.minimum.accumulate(ys)
+        ax.step(np.append(xs, max(x[-1], xs[-1])), np.append(best, best[-1]), where="post", color=color,
+                linewidth=1.6, alpha=0.85, zorder=3, gid=f"best:{entry.member}")
+    return Line2D([], [], color=color, marker="o", linewidth=1.6, label=entry.member)
+
+
+def _plot_seed(ax, x, snap, good, margin) -> list:
+    """The seed runs as black x, their mean as a dashed line, and the noise margin as a band around it."""
+    seed = good & _seed_runs(snap.trials).to_numpy()
+    base = _baseline_mean(snap)
+    if not seed.any() or base is None:
+        return []
+    ax.scatter(x[seed], snap.trials["val_bpb"].to_numpy(dtype=float)[seed], marker="x", color=SEED_COLOR, s=40,
+               zorder=4)
+    ax.axhline(base, color=SEED_COLOR, linestyle="--", linewidth=1.0, zorder=3.5, gid="seed mean")
+    handles = [Line2D([], [], color=SEED_COLOR, marker="x", linestyle="", label=f"seed runs ({seed.sum()})"),
+               Line2D([], [], color=SEED_COLOR, linestyle="--", label=f"seed mean {base:.4f}")]
+    if margin:
+        ax.axhspan(base - margin, base + margin, color="grey", alpha=0.12, linewidth=0, zorder=1)
+        handles.append(Patch(color="grey", alpha=0.25, label=f"noise margin ±{margin:.4f}"))
+    return handles
+
+
+def _plot_failed(ax, x, failed) -> list:
+    if not failed.any():
+        return []
+    at_bottom = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter(x[failed], np.full(failed.sum(), 0.015), transform=at_bottom, marker="|", color=FAILED_COLOR,
+               s=60, linewidths=1.2, clip_on=False)
+    return [Line2D([], [], color=FAILED_COLOR, marker="|", linestyle="", label=f"failed ({failed.sum()})")]
+
+
+def _title(snap: Snapshot) -> str:
+    trials = snap.trials
+    seeds = int(_seed_runs(trials).sum())
+    kept = int(_kept(trials).sum())
+    runs = f" + {seeds} seed runs" if seeds else ""
+    head = f"{snap.path.name}: {len(trials) - seeds} trials{runs}, {kept} promotion{'' if kept == 1 else 's'}"
+    best = best_head(snap)
+    if best is None:
+        return head
+    member, score, gain = best
+    tail = "" if gain is None else f", gain {gain:+.4f} ({gain / (score + gain):+.1%}) over the seed"
+    return f"{head}\nbest val_bpb {score:.4f} ({member}){tail}"
+
+
+def _plot_trials(ax, x, snap: Snapshot, good) -> list:
+    """The judged trials: seed runs and band, then each member; returns the legend handles."""
+    y = snap.trials["val_bpb"].to_numpy(dtype=float)
+    margin, base = noise_margin(snap)[0], _baseline_mean(snap)
+    band = [] if base is None else [base - (margin or 0.0), base + (margin or 0.0)]
+    bottom, top = _y_limits(np.concatenate([y[good], band]))
+    ax.set_ylim(bottom, top)
+    seed = _plot_seed(ax, x, snap, good, margin)
+    colors = _colors(snap)
+    members = [_plot_member(ax, x, snap, good, e, colors[e.member], top) for e in snap.lineage]
+    return members + seed + [
+        Line2D([], [], color="grey", marker="o", markersize=9, markeredgecolor="black", linestyle="",
+               label="promoted"),
+        Line2D([], [], color="grey", marker="o", markersize=4, alpha=0.35, linestyle="", label="discarded")]
+
+
+def progress_figure(snap: Snapshot) -> Figure:
+    """Every trial's val_bpb by finishing order: seed runs and their noise band, promotions, running bests, failures."""
+    fig = Figure(figsize=PNG_SIZE, dpi=PNG_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    trials = snap.trials
+    x = np.arange(1, len(trials) + 1)
+    good = (trials["status"] == "ok").to_numpy() & trials["val_bpb"].notna().to_numpy()
+    handles = _plot_trials(ax, x, snap, good) if good.any() else []
+    if not good.any():
+        ax.text(0.5, 0.5, "no judged trials yet", transform=ax.transAxes, ha="center", va="center")
+    handles += _plot_failed(ax, x, ~good)
+    ax.set_xlim(left=-0.5, right=max(len(trials), 1) + 0.5)
+    ax.set(xlabel="trial (in order of finishing)", ylabel="val_bpb (lower is better)")
+    ax.set_title(_title(snap), fontsize=10)
+    ax.grid(alpha=0.25)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.08, right=0.8, top=0.88)
+    return fig
+
+
+def progress_png(snap: Snapshot) -> bytes:
+    """progress_figure as PNG bytes, with the archive and its members in the PNG's text chunks."""
+    fig = progress_figure(snap)
+    out = BytesIO()
+    members = ", ".join(e.member for e in snap.lineage)
+    fig.savefig(out, format="png", metadata={"Title": f"popsearch progress: {snap.path.name}",
+                                             "Description": f"members: {members}"})
+    return out.getvalue()
+
+
+# ---- lineage.svg -----------------------------------------------------------------------------------------
+
+def _time_span(snap: Snapshot) -> tuple[float, float]:
+    stamps = [e.created_at for e in snap.lineage] + [e.retired_at for e in snap.lineage if e.retired_at]
+    stamps += snap.trials["finished_at"].dropna().tolist()
+    stamps = [s for s in stamps if s == s]
+    if not stamps:
+        return 0.0, 1.0
+    return min(stamps), max(max(stamps), min(stamps) + 1.0)
+
+
+def _elapsed(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"+{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"+{minutes}m{int(seconds % 60):02d}s"
+
+
+def _lane_svg(entry: LineageEntry, lanes: dict, color: str, kept: pd.DataFrame, x, t_end: float) -> list[str]:
+    """One member's lane: label, life line, fork arrow, promotions as dots, retirement as an X."""
+    y = lanes[entry.member]
+    name = html.escape(entry.member)
+    start = entry.created_at if entry.created_at == entry.created_at else t_end
+    end = entry.retired_at or t_end
+    dash = ' stroke-dasharray="6 4"' if entry.retired_at else ""
+    out = [f'<text x="10" y="{y + 4:.1f}" fill="{color}">{name}</text>',
+           f'<line x1="{x(start):.1f}" y1="{y:.1f}" x2="{x(end):.1f}" y2="{y:.1f}" stroke="{color}" '
+           f'stroke-width="3"{dash}><title>{name}</title></line>']
+    if entry.forked_from in lanes:
+        parent_y = lanes[entry.forked_from]
+        tip = y - 7 if parent_y < y else y + 7
+        out.append(f'<line x1="{x(start):.1f}" y1="{parent_y:.1f}" x2="{x(start):.1f}" y2="{tip:.1f}" '
+                   f'stroke="{color}" stroke-width="1.5" marker-end="url(#arrow)">'
+                   f'<title>{name} forked from {html.escape(entry.forked_from)}</title></line>')
+    for _, trial in kept.iterrows():
+        out.append(f'<circle class="promotion" cx="{x(trial["finished_at"]):.1f}" cy="{y:.1f}" r="5" '
+                   f'fill="{color}" stroke="black"><title>{html.escape(trial["trial_id"])}: val_bpb '
+                   f'{trial["val_bpb"]:.4f}</title></circle>')
+    if entry.retired_at:
+        rx = x(entry.retired_at)
+        out += [f'<line x1="{rx - 6:.1f}" y1="{y - 6:.1f}" x2="{rx + 6:.1f}" y2="{y + 6:.1f}" stroke="black" '
+                f'stroke-width="2"><title>{name} retired</title></line>',
+                f'<line x1="{rx - 6:.1f}" y1="{y + 6:.1f}" x2="{rx + 6:.1f}" y2="{y - 6:.1f}" stroke="black" '
+                'stroke-width="2"/>']
+    return out
+
+
+def lineage_svg(snap: Snapshot) -> str:
+    """A hand-drawn SVG: one lane per member over time, forks as arrows, promotions as dots, retirements as X."""
+    t0, t1 = _time_span(snap)
+    plot_width = SVG_WIDTH - SVG_LABEL_WIDTH - SVG_RIGHT
+    height = SVG_TOP + SVG_LANE * len(snap.lineage) + SVG_BOTTOM
+
+    def x(stamp: float) -> float:
+        return SVG_LABEL_WIDTH + (float(stamp) - t0) / (t1 - t0) * plot_width
+
+    lanes = {e.member: SVG_TOP + SVG_LANE * (i + 0.5) for i, e in enumerate(snap.lineage)}
+    colors = _colors(snap)
+    kept = snap.trials[_kept(snap.trials) & snap.trials["finished_at"].notna()]
+    axis_y = height - SVG_BOTTOM + 15
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height}" '
+             f'viewBox="0 0 {SVG_WIDTH} {height}" font-family="sans-serif" font-size="13">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#444"/></marker></defs>',
+             '<rect width="100%" height="100%" fill="white"/>',
+             f'<text x="10" y="22" font-size="15">lineage of {html.escape(snap.path.name)}: '
+             f'{len(snap.heads)} alive, {len(snap.retired)} retired</text>']
+    for entry in snap.lineage:
+        member_kept = kept[kept["member"] == entry.member]
+        parts += _lane_svg(entry, lanes, colors[entry.member], member_kept, x, t1)
+    parts += [f'<line x1="{SVG_LABEL_WIDTH}" y1="{axis_y}" x2="{SVG_LABEL_WIDTH + plot_width}" y2="{axis_y}" '
+              'stroke="#888"/>',
+              f'<text x="{SVG_LABEL_WIDTH}" y="{axis_y + 18}" fill="#555">{_iso(t0)}</text>',
+              f'<text x="{SVG_LABEL_WIDTH + plot_width}" y="{axis_y + 18}" fill="#555" text-anchor="end">'
+              f'{_elapsed(t1 - t0)}</text>', "</svg>"]
+    return "\n".join(parts) + "\n"
+
+
+# ---- summary.md, report, status -------------------------------------------------------------------------
+
+def _counts(trials: pd.DataFrame, column: str = "status") -> str:
+    counts = trials[column].fillna("unknown").value_counts()
+    return ", ".join(f"{value} {n}" for value, n in counts.items()) or "none"
+
+
+def _baseline_line(snap: Snapshot) -> str:
+    base = _baseline_mean(snap)
+    if base is None:
+        return "no seed runs yet"
+    spread = statistics.stdev(snap.baseline) if len(snap.baseline) >= 2 else float("nan")
+    return f"{base:.4f} ± {spread:.4f} (mean ± std of {len(snap.baseline)} runs)"
+
+
+def _margin_line(snap: Snapshot) -> str:
+    margin, source = noise_margin(snap)
+    return source if margin is None else f"{margin:.4f} ({source})"
+
+
+def _best_line(snap: Snapshot) -> str:
+    best = best_head(snap)
+    if best is None:
+        return "no judged head yet"
+    member, score, gain = best
+    tip = snap.heads.get(member) or snap.retired.get(member, "")
+    text = f"**{member}** at val_bpb {score:.4f} (commit {tip[:SHORT]})"
+    return text if gain is None else text + f", gain {gain:+.4f} ({gain / (score + gain):+.2%}) over the seed"
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _markdown_table(board: pd.DataFrame) -> str:
+    shown = board.astype(object).where(board.notna(), "")
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
+    trials = snap.trials
+    lines = [f"# popsearch report: {snap.path.name}", "",
+             f"Written {_iso(time.time())} from `{snap.path}`.", "",
+             f"- trials judged: {len(trials)} ({_counts(trials)})",
+             f"- by proposer: {_counts(trials, 'proposer')}",
+             f"- by verdict: {_counts(trials, 'verdict')}",
+             f"- promotions: {int(_kept(trials).sum())}",
+             f"- seed baseline val_bpb: {_baseline_line(snap)}",
+             f"- noise margin: {_margin_line(snap)}",
+             f"- best: {_best_line(snap)}",
+             f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
+             f"- pending (proposed, not judged): {len(snap.pending)}"]
+    lines += ["", "## Leaderboard ([leaderboard.tsv](leaderboard.tsv))", "", _markdown_table(board), "",
+              "## Progress", "", "![val_bpb of every trial](progress.png)", "",
+              "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]
+    return "\n".join(lines)
+
+
+def write_report(archive_dir) -> Path:
+    """Write ARCHIVE/report/{leaderboard.tsv, progress.png, lineage.svg, summary.md}; returns the folder."""
+    snap = snapshot(archive_dir)
+    board = leaderboard(snap)
+    folder = snap.path / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    _write_atomic(folder / "leaderboard.tsv", board.to_csv(sep="\t", index=False).encode())
+    _write_atomic(folder / "progress.png", progress_png(snap))
+    _write_atomic(folder / "lineage.svg", lineage_svg(snap).encode())
+    _write_atomic(folder / "summary.md", summary_md(snap, board).encode())
+    return folder
+
+
+def _ledger_line(snap: Snapshot) -> str:
+    try:
+        rows = ledger.read(snap.path)
+    except ledger.LedgerError as exc:
+        return f"ledger: {exc}"
+    missing = set(snap.trials["trial_id"]) - set(rows["trial_id"])
+    if missing:
+        return (f"ledger: {len(rows)} rows; {len(missing)} judged trials missing from it "
+                f"(run `popsearch repair {snap.path}`)")
+    return f"ledger: {len(rows)} rows"
+
+
+def status_text(archive_dir) -> str:
+    """`popsearch status`: driver, members with heads and val_bpb, trial counts, pending candidates, ledger health."""
+    snap = snapshot(archive_dir)
+    board = leaderboard(snap)
+    pid = lock_holder(snap.path)
+    lines = [f"archive {snap.path}", f"driver: {'running (pid %d)' % pid if pid else 'not running'}",
+             f"members: {len(snap.heads)} alive, {len(snap.retired)} retired; trials: {len(snap.trials)} judged "
+             f"({_counts(snap.trials)}), {int(_kept(snap.trials).sum())} promoted",
+             f"seed: {_baseline_line(snap)}; margin {_margin_line(snap)}", ""]
+    shown = board[["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status",
+                   "forked_from"]]
+    lines += [shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"), ""]
+    lines.append(f"pending: {len(snap.pending)}" + (" (queued or running)" if snap.pending else ""))
+    now = time.time()
+    for pend in snap.pending:
+        subject = pend.message.splitlines()[0] if pend.message else ""
+        age = _elapsed(max(0.0, now - snap.pending_since[pend.trial_id]))[1:]
+        lines.append(f"  {pend.trial_id}  {pend.member or '-'}  {pend.proposer}  {subject}  ({age} ago)")
+    lines.append(_ledger_line(snap))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""The whole loop for real: a local Ray cluster, CPU trials, a git archive and its ledger.
+
+Covers a run to completion, SIGKILL of the driver and resume, and SIGKILL of a trial actor."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator.archive import Archive
+
+POPSEARCH = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def small_config(tmp_path: Path, cache: Path, **stop) -> Path:
+    cfg = {
+        "archive": str(tmp_path / "archive"),
+        "population": {"size": 3},
+        "budget": {"seconds": 2.0, "startup_floor": 60.0, "finish_allowance": 30.0},
+        "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
+        "judge": {"seq_len": 64, "eval_tokens": 4096, "eval_batch": 8},
+        "selection": {"noise_seeds": 2, "max_runs": 2, "cull_every": 3, "patience": 1},
+        "stop": {"max_trials": 6, **stop},
+        "resources": {"device": "cpu", "cpu_slots": 2},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(args, timeout=600, **kw):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(POPSEARCH + args, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def ledger(archive: Path) -> pd.DataFrame:
+    return pd.read_parquet(archive / "ledger")
+
+
+def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec, cache_root):
+    cfg = small_config(tmp_path, cache_root)
+    proc = run_cli(["run", str(cfg)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    archive = tmp_path / "archive"
+    df = ledger(archive)
+    assert len(df) >= 6
+    assert df["trial_id"].is_unique
+    base = df[df.proposer == "baseline"]
+    assert len(base) == 2 and (base.status == "ok").all()
+    cands = df[df.proposer != "baseline"]
+    assert len(cands) >= 1 and set(cands.verdict) <= {"promote", "discard"}
+    assert df.val_bpb.dropna().between(0.5, 20).all()
+    arch = Archive.open(archive)
+    assert {r["trial_id"] for r in arch.trial_records()} == set(df.trial_id)
+    report = archive / "report"
+    for name in ("leaderboard.tsv", "progress.png", "lineage.svg"):
+        assert (report / name).stat().st_size > 100, name
+    assert "t00000" in proc.stdout            # a line per finished trial
+    status = run_cli(["status", str(archive)])
+    assert status.returncode == 0 and "m0" in status.stdout
+
+
+def test_sigkill_driver_then_resume_loses_nothing_and_repeats_nothing(tmp_path, data_spec, cache_root):
+    cfg = small_config(tmp_path, cache_root)
+    archive = tmp_path / "archive"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(POPSEARCH + ["run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:             # wait for a finished trial, then kill mid-run
+        if (archive / "ledger").exists() and len(list((archive / "ledger").glob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)       # the driver and the Ray it started go down together
+    proc.wait()
+    before = ledger(archive)
+    assert len(before) >= 2
+    arch = Archive.open(archive)
+    in_flight = {p["trial_id"] for p in arch.pending()}
+    resumed = run_cli(["resume", str(archive)])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = ledger(archive)
+    assert after["trial_id"].is_unique                           # nothing ran twice
+    assert set(before.trial_id) <= set(after.trial_id)            # nothing lost
+    kept = after.set_index("trial_id").loc[before.trial_id]
+    assert list(kept.val_bpb.fillna(-1)) == list(before.set_index("trial_id").val_bpb.fillna(-1))
+    assert in_flight <= set(after.trial_id)                       # in-flight trials were dispatched again
+    assert not Archive.open(archive).pending()
+
+
+def test_bad_config_starts_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("archive: %s\nselection:\n  culll_every: 3\n" % (tmp_path / "a"))
+    proc = run_cli(["run", str(bad)], timeout=60)
+    assert proc.returncode == 2
+    assert "selection.culll_every" in proc.stderr and str(bad) in proc.stderr
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,99 @@
+"""The per-GPU (or per-CPU-slot) worker: calibrates its device once, then runs trials one after another.
+
+TrialWorker is a plain class; `remote_worker_class()` wraps it as a threaded Ray actor (a thin shell)."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from trainer import runner
+from trainer.spec import TrialResult, TrialSpec
+
+
+class TrialWorker:
+    """Runs trials on one device; with overlap, trial k+1 starts up while trial k is judged."""
+
+    def __init__(self, slot: str, device: str, data_config: dict | None = None, threads: int = 1):
+        self.slot = slot
+        self.device = device
+        self.threads = threads
+        self.data_config = data_config
+        self.gpu_index = os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else None
+        self._train_lock = threading.Lock()       # one trial trains on the device at a time
+        self._live: dict = {}                      # trial id -> latest live state
+        self._speed: float | None = None
+
+    def info(self) -> dict:
+        """Node, device name and measured speed (calibrated once per worker)."""
+        if self._speed is None:
+            from trainer.calibrate import measure_speed_isolated
+            self._speed = float(measure_speed_isolated(self.device, threads=self.threads))
+        return {"slot": self.slot, "node": socket.gethostname(), "device": self.device,
+                "device_name": device_name(self.device), "gpu_index": self.gpu_index, "speed": self._speed,
+                "pid": os.getpid()}
+
+    def ensure_data(self) -> str:
+        """Prepare (or find) the data on this node; returns the data dir."""
+        from judge.prepare import prepare
+        from judge.spec import DataConfig
+        spec = prepare(DataConfig(**(self.data_config or {})), log=lambda *a, **k: None)
+        return spec.data_dir
+
+    def live(self) -> dict:
+        return {k: dict(v) for k, v in self._live.items()}
+
+    def run(self, spec_dict: dict, meta: dict | None = None) -> dict:
+        """Run one trial; returns TrialResult as a dict (never raises for the candidate's faults)."""
+        spec = TrialSpec(**spec_dict)
+        if self.device == "cuda":
+            spec.gpu_index = self.gpu_index
+        state = {"trial_id": spec.trial_id, "phase": "starting", "budget": spec.budget_seconds,
+                 "t0": time.time(), "progress": 0.0, "loss": None, **(meta or {})}
+        self._live[spec.trial_id] = state
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "start":
+                state.update(phase="training", t_start=time.time())
+            elif event.get("event") == "progress":
+                state.update(progress=event.get("progress", 0.0), loss=event.get("loss"))
+            elif event.get("event") == "finish":
+                state.update(phase="judging")
+
+        try:
+            return self._run(spec, on_event, state).to_dict()
+        except Exception as exc:  # the runner itself failed: an infrastructure fault, not the candidate's
+            return TrialResult(trial_id=spec.trial_id, status="infra", reason=f"runner error: {exc!r}").to_dict()
+        finally:
+            self._live.pop(spec.trial_id, None)
+
+    def _run(self, spec: TrialSpec, on_event, state: dict) -> TrialResult:
+        """Train under the device lock, judge outside it: the next trial's start-up overlaps this judge.
+
+        The next process starts only once this one stopped training, so two trials never hold
+        training memory on one GPU at the same time."""
+        spec.wait_for_go = False
+        with self._train_lock:
+            state["phase"] = "starting"
+            state["t0"] = time.time()
+            running = runner.launch(spec, on_event=on_event)
+            partial = running.supervise()
+        state["phase"] = "judging"
+        return runner.judge_trial(partial, spec)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        try:
+            import torch
+            return torch.cuda.get_device_name(0)
+        except Exception:
+            return "cuda"
+    return "cpu"
+
+
+def remote_worker_class(ray, num_gpus: float, num_cpus: float):
+    """TrialWorker as a Ray actor class: restarted by Ray when it dies, several calls at once."""
+    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=0,
+                      max_concurrency=4)(TrialWorker)

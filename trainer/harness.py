@@ -1,0 +1,114 @@
+"""The one timing helper a candidate train.py uses: budget, device, seed and the event stream.
+
+Reads its settings from the POPSEARCH_* env (trainer/spec.py); standalone it trains 10 s on cuda-or-cpu."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from trainer import spec
+
+DEFAULT_SECONDS = 10.0        # standalone budget (no runner)
+EMIT_INTERVAL = 0.5           # seconds between progress events (and loss.item() calls)
+FLOPS_PER_PARAM_TOKEN = 6     # forward + backward FLOPs per parameter per token
+
+
+class Trial:
+    """Budget bookkeeping for one training run.
+
+    Attributes: device ("cuda" | "cpu"), seed, budget_kind ("time" | "flops"), budget_seconds,
+    budget_flops, n_params (counted by start(model): ALL parameters, embeddings included, so that
+    flops mode is a simple 6 * params * tokens), steps, tokens (running totals)."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.budget_kind = env.get(spec.ENV_BUDGET_KIND, "time")
+        if self.budget_kind not in ("time", "flops"):
+            raise ValueError(f"{spec.ENV_BUDGET_KIND}={self.budget_kind!r}: expected 'time' or 'flops'")
+        self.budget_seconds = float(env.get(spec.ENV_BUDGET_SECONDS, DEFAULT_SECONDS))
+        self.budget_flops = float(env.get(spec.ENV_BUDGET_FLOPS, 0.0))
+        if self.budget_kind == "flops" and self.budget_flops <= 0:
+            raise ValueError(f"{spec.ENV_BUDGET_FLOPS} must be > 0 in flops mode")
+        self.device = env.get(spec.ENV_DEVICE) or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.seed = int(env.get(spec.ENV_SEED, 0))
+        if self.device == "cpu" and env.get(spec.ENV_THREADS):
+            torch.set_num_threads(int(env[spec.ENV_THREADS]))
+        fd = env.get(spec.ENV_EVENTS_FD)
+        self._events_fd = int(fd) if fd else None
+        go = env.get(spec.ENV_GO_FD)
+        self._go_fd = int(go) if go else None
+        self.n_params = 0
+        self.steps = 0
+        self.tokens = 0
+        self._t0: float | None = None
+        self._last_emit = -float("inf")
+
+    @property
+    def device_type(self) -> str:
+        """"cuda" or "cpu" (for torch.autocast's device_type)."""
+        return torch.device(self.device).type
+
+    def start(self, model: torch.nn.Module | None = None) -> None:
+        """Count params, wait for the runner's go byte (if any), start the clock, emit 'start'."""
+        if model is not None:
+            self.n_params = sum(p.numel() for p in model.parameters())
+        if self.budget_kind == "flops" and self.n_params == 0:
+            raise ValueError("flops mode: pass the model to trial.start(model) so its params can be counted")
+        if self._go_fd is not None:
+            os.read(self._go_fd, 1)   # a byte or EOF: either way the device is ours now
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._t0 = time.perf_counter()
+        self._emit({"event": "start", "t": time.time(), "params": self.n_params})
+
+    def elapsed(self) -> float:
+        """Training seconds since start()."""
+        if self._t0 is None:
+            raise RuntimeError("trial.start(model) was not called before training")
+        return time.perf_counter() - self._t0
+
+    def progress(self) -> float:
+        """Fraction of the budget used so far (may exceed 1 slightly)."""
+        if self.budget_kind == "flops":
+            return FLOPS_PER_PARAM_TOKEN * self.n_params * self.tokens / self.budget_flops
+        return self.elapsed() / self.budget_seconds
+
+    def step(self, tokens: int, loss=None) -> float:
+        """Record one optimizer step of `tokens` tokens; returns progress. Emits at most ~2 events/s."""
+        self.steps += 1
+        self.tokens += int(tokens)
+        p = self.progress()
+        now = time.perf_counter()
+        if now - self._last_emit >= EMIT_INTERVAL or p >= 1.0:
+            self._last_emit = now
+            value = float(loss.item() if torch.is_tensor(loss) else loss) if loss is not None else None
+            self._emit({"event": "progress", "progress": p, "loss": value,
+                        "step": self.steps, "tokens": self.tokens})
+        return p
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def finish(self, **stats) -> dict:
+        """Emit 'finish' with steps, tokens, peak VRAM, backend and any extra stats; returns the event."""
+        peak = 0.0
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        event = {"event": "finish", "steps": self.steps, "tokens": self.tokens,
+                 "peak_vram_mb": peak, "backend": stats.pop("backend", ""),
+                 "train_seconds": self.elapsed(), **stats}
+        self._emit(event)
+        return event
+
+    def _emit(self, event: dict) -> None:
+        if self._events_fd is None:
+            return
+        try:
+            os.write(self._events_fd, (json.dumps(event) + "\n").encode())
+        except BrokenPipeError:
+            self._events_fd = None    # the runner went away; keep training standalone

@@ -288,16 +288,16 @@ class Driver:
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:
-        per_actor = 1
+        per_actor = 2 if self.cfg.resources.overlap else 1   # the second one starts up while the first trains
         while self.ready:
-            idle = [i for i, load in self.actor_load.items() if load < per_actor]
+            idle = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor)
             if not idle:
                 return
+            i = idle[0][1]
             job = self.ready.popleft()
             reused = self.try_reuse(job)
             if reused:
                 continue
-            i = idle[0]
             slot = self.slots[i]
             device = slot["device_name"]
             startup = budget_rules.startup_allowance(self.scores.startups.get(device, []),

@@ -4,6 +4,7 @@ The working dir uploaded holds only the config; the archive and data stay outsid
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -67,16 +68,17 @@ def test_ray_job_submit_runs_a_population(tmp_path, ray_head, data_spec, cache_r
     sub = ray_cmd("job", "submit", f"--address={address}", f"--working-dir={workdir}", "--no-wait",
                   "--", popsearch, "run", "cluster.yaml", env=env)
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    job_id = next(w for w in sub.stdout.split() if w.startswith("raysubmit_"))
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", sub.stdout + sub.stderr).group(0)
     status = ""
     deadline = time.time() + 420
     while time.time() < deadline:
-        status = ray_cmd("job", "status", f"--address={address}", job_id, env=env).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        out = ray_cmd("job", "status", f"--address={address}", job_id, env=env)
+        status = (out.stdout + out.stderr).lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(2)
     logs = ray_cmd("job", "logs", f"--address={address}", job_id, env=env).stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+    assert "succeeded" in status, status + logs[-4000:]
     df = pd.read_parquet(archive / "ledger")
     assert len(df) >= 3 and df.trial_id.is_unique
     assert (df.status == "ok").any()

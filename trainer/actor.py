@@ -11,6 +11,10 @@ import time
 from trainer import runner
 from trainer.spec import TrialResult, TrialSpec
 
+LAUNCH_LEAD_SECONDS = 5.0       # the next trial is ready this long before the current one stops training
+FIRST_STARTUP_GUESS = 60.0      # before a start-up was measured here (compile of a fresh model)
+POLL_SECONDS = 0.2
+
 
 class TrialWorker:
     """Runs trials on one device; with overlap, trial k+1 starts up while trial k is judged."""
@@ -24,6 +28,8 @@ class TrialWorker:
         self._train_lock = threading.Lock()       # one trial trains on the device at a time
         self._live: dict = {}                      # trial id -> latest live state
         self._speed: float | None = None
+        self._training_until: float | None = None  # when the trial that trains now should stop
+        self._startups: list[float] = []           # launch-to-ready seconds of earlier trials here
 
     def info(self) -> dict:
         """Node, device name and measured speed (calibrated once per worker)."""
@@ -54,8 +60,11 @@ class TrialWorker:
         self._live[spec.trial_id] = state
 
         def on_event(event: dict) -> None:
-            if event.get("event") == "start":
+            if event.get("event") == "ready":
+                state.update(phase="ready", t_ready=time.time())
+            elif event.get("event") == "start":
                 state.update(phase="training", t_start=time.time())
+                self._training_until = time.time() + spec.budget_seconds
             elif event.get("event") == "progress":
                 state.update(progress=event.get("progress", 0.0), loss=event.get("loss"))
             elif event.get("event") == "finish":
@@ -69,18 +78,36 @@ class TrialWorker:
             self._live.pop(spec.trial_id, None)
 
     def _run(self, spec: TrialSpec, on_event, state: dict) -> TrialResult:
-        """Train under the device lock, judge outside it: the next trial's start-up overlaps this judge.
-
-        The next process starts only once this one stopped training, so two trials never hold
-        training memory on one GPU at the same time."""
-        spec.wait_for_go = False
-        with self._train_lock:
-            state["phase"] = "starting"
-            state["t0"] = time.time()
+        """With overlap, the next trial starts up while this one still trains and is let go the moment
+        this one stops training; its judge then runs beside the next trial's training."""
+        if not spec.wait_for_go:
+            with self._train_lock:
+                state["phase"] = "starting"
+                partial = runner.launch(spec, on_event=on_event).supervise()
+        else:
+            self._wait_for_launch_slot(state)
             running = runner.launch(spec, on_event=on_event)
-            partial = running.supervise()
+            with self._train_lock:
+                running.go()
+                partial = running.supervise()
+                self._training_until = None
         state["phase"] = "judging"
-        return runner.judge_trial(partial, spec)
+        result = runner.judge_trial(partial, spec)
+        if state.get("t_ready") and state.get("t_launch"):
+            self._startups.append(state["t_ready"] - state["t_launch"])
+        return result
+
+    def _wait_for_launch_slot(self, state: dict) -> None:
+        """Block until the trial that trains now is within one start-up time of its end (or the device is free)."""
+        state["phase"] = "queued"
+        while True:
+            until = self._training_until
+            lead = LAUNCH_LEAD_SECONDS + (max(self._startups[-5:]) if self._startups else FIRST_STARTUP_GUESS)
+            if not self._train_lock.locked() or (until is not None and time.time() >= until - lead):
+                break
+            time.sleep(POLL_SECONDS)
+        state["phase"] = "starting"
+        state["t_launch"] = time.time()
 
 
 def device_name(device: str) -> str:

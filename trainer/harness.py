@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import torch
 
 from trainer import spec
 
+RUNNER_GONE_EXIT = 75          # exit code when the events pipe broke (the runner died)
 DEFAULT_SECONDS = 10.0        # standalone budget (no runner)
 EMIT_INTERVAL = 0.5           # seconds between progress events (and loss.item() calls)
 FLOPS_PER_PARAM_TOKEN = 6     # forward + backward FLOPs per parameter per token
@@ -58,6 +60,7 @@ class Trial:
         if self.budget_kind == "flops" and self.n_params == 0:
             raise ValueError("flops mode: pass the model to trial.start(model) so its params can be counted")
         if self._go_fd is not None:
+            self._emit({"event": "ready", "t": time.time()})
             os.read(self._go_fd, 1)   # a byte or EOF: either way the device is ours now
         if self.device_type == "cuda":
             torch.cuda.synchronize()
@@ -110,5 +113,6 @@ class Trial:
             return
         try:
             os.write(self._events_fd, (json.dumps(event) + "\n").encode())
-        except BrokenPipeError:
-            self._events_fd = None    # the runner went away; keep training standalone
+        except BrokenPipeError:       # the runner (and its actor) went away: nobody will judge this run,
+            sys.stderr.write("popsearch: the runner is gone; stopping this trial\n")
+            os._exit(RUNNER_GONE_EXIT)  # so stop burning the device now

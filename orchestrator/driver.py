@@ -288,7 +288,7 @@ class Driver:
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:
-        per_actor = 2 if self.cfg.resources.overlap else 1   # the second one starts up while the first trains
+        per_actor = 3 if self.cfg.resources.overlap else 1   # one judged, one training, one starting up
         while self.ready:
             idle = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor)
             if not idle:

@@ -66,6 +66,21 @@ def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec,
     assert "t00000" in proc.stdout            # a line per finished trial
     status = run_cli(["status", str(archive)])
     assert status.returncode == 0 and "m0" in status.stdout
+    assert overlapped_runs(df) >= 1
+
+
+def overlapped_runs(df: pd.DataFrame) -> int:
+    """Runs that were launched on an actor before the previous run there had finished training
+    (the start-up overlap) and were let go within a second of that finish."""
+    import json
+    runs = [r for t in df.timeline.dropna() for r in json.loads(t)]
+    count = 0
+    for slot in {r["slot"] for r in runs}:
+        mine = sorted((r for r in runs if r["slot"] == slot), key=lambda r: r["go"])
+        for prev, nxt in zip(mine, mine[1:]):
+            if nxt["launch"] < prev["finish"] and abs(nxt["go"] - prev["finish"]) < 1.0:
+                count += 1
+    return count
 
 
 def test_sigkill_driver_then_resume_loses_nothing_and_repeats_nothing(tmp_path, data_spec, cache_root):
@@ -154,3 +169,23 @@ def test_sigkill_of_a_trial_actor_redispatches_its_trial(tmp_path, data_spec, ca
     while time.time() < deadline and Path(f"/proc/{victim[0]}").exists():
         time.sleep(0.5)
     assert not Path(f"/proc/{victim[0]}").exists() or "Z" in Path(f"/proc/{victim[0]}/stat").read_text().split()[2]
+
+
+def test_agent_proposals_that_break_the_rules_are_recorded_and_the_population_goes_on(tmp_path, data_spec,
+                                                                                       cache_root):
+    cfg = small_config(tmp_path, cache_root)
+    data = yaml.safe_load(cfg.read_text())
+    fake = Path(__file__).parent / "fake_agent.py"
+    data["proposers"] = {"weights": {"mutate": 1.0, "agent": 1.0}, "agent_concurrency": 1, "agent_timeout": 60.0,
+                         "agent_command": f"{sys.executable} {fake} other notes.txt "
+                                          "--program {program} --history {history}"}
+    data["selection"]["noise_seeds"] = 1
+    cfg.write_text(yaml.safe_dump(data))
+    proc = run_cli(["run", str(cfg)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = ledger(tmp_path / "archive")
+    agent = df[df.proposer == "agent"]
+    assert len(agent) >= 1
+    assert (agent.verdict == "rejected").all() and (agent.status == "invalid").all()
+    assert agent.reason.str.contains("notes.txt").all()
+    assert ((df.proposer == "mutate") & (df.status == "ok")).any()     # the population went on

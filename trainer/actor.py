@@ -25,7 +25,7 @@ class TrialWorker:
         self.threads = threads
         self.data_config = data_config
         self.gpu_index = os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else None
-        self._train_lock = threading.Lock()       # one trial trains on the device at a time
+        self._device = threading.Semaphore(1)     # one trial trains on the device at a time
         self._live: dict = {}                      # trial id -> latest live state
         self._speed: float | None = None
         self._training_until: float | None = None  # when the trial that trains now should stop
@@ -69,6 +69,9 @@ class TrialWorker:
                 state.update(progress=event.get("progress", 0.0), loss=event.get("loss"))
             elif event.get("event") == "finish":
                 state.update(phase="judging")
+                release = state.get("release")
+                if release:
+                    release()          # training is over: the next trial may take the device now
 
         try:
             return self._run(spec, on_event, state).to_dict()
@@ -79,21 +82,30 @@ class TrialWorker:
 
     def _run(self, spec: TrialSpec, on_event, state: dict) -> TrialResult:
         """With overlap, the next trial starts up while this one still trains and is let go the moment
-        this one stops training; its judge then runs beside the next trial's training."""
-        if not spec.wait_for_go:
-            with self._train_lock:
-                state["phase"] = "starting"
-                partial = runner.launch(spec, on_event=on_event).supervise()
-        else:
+        this one reports the end of its training; its judge then runs beside the next trial's training."""
+        if spec.wait_for_go:
             self._wait_for_launch_slot(state)
-            running = runner.launch(spec, on_event=on_event)
-            with self._train_lock:
-                running.go()
-                partial = running.supervise()
+        state["phase"] = "starting"
+        state["t_launch"] = time.time()
+        running = runner.launch(spec, on_event=on_event)
+        self._device.acquire()
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
                 self._training_until = None
+                self._device.release()
+
+        state["release"] = release
+        try:
+            running.go()
+            partial = running.supervise()
+        finally:
+            release()
         state["phase"] = "judging"
         result = runner.judge_trial(partial, spec)
-        if state.get("t_ready") and state.get("t_launch"):
+        if state.get("t_ready"):
             self._startups.append(state["t_ready"] - state["t_launch"])
         return result
 
@@ -103,11 +115,12 @@ class TrialWorker:
         while True:
             until = self._training_until
             lead = LAUNCH_LEAD_SECONDS + (max(self._startups[-5:]) if self._startups else FIRST_STARTUP_GUESS)
-            if not self._train_lock.locked() or (until is not None and time.time() >= until - lead):
-                break
+            free = self._device.acquire(blocking=False)
+            if free:
+                self._device.release()
+            if free or (until is not None and time.time() >= until - lead):
+                return
             time.sleep(POLL_SECONDS)
-        state["phase"] = "starting"
-        state["t_launch"] = time.time()
 
 
 def device_name(device: str) -> str:

@@ -17,7 +17,8 @@ from orchestrator import ledger, selection
 from orchestrator.archive import Archive
 from orchestrator.config import Config, seed_source
 from orchestrator.live import LiveBoard
-from orchestrator.population import BASELINE, Job, Scores, judge_job, ledger_row, margin_for, source_hash
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
+                                     needs_reference, source_hash)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 
@@ -48,6 +49,8 @@ class Driver:
         self.t_start = time.time()
         self.agent_refs: dict = {}          # ray ref -> (member, parent commit) of running agents
         self.last_inbox = 0.0
+        self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
+        self.references: set = set()        # (head hash, device kind) whose reference run was asked for
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
@@ -96,6 +99,8 @@ class Driver:
         self.scores.trial_of.setdefault((h, device), r["trial_id"])
         for v in runs:
             self.scores.add(h, device, {"status": "ok", "val_bpb": v}, r["trial_id"])
+        if r.get("proposer") == REFERENCE:
+            return
         if r.get("proposer") == BASELINE:
             if runs:
                 self.baseline.setdefault(device, []).extend(runs)
@@ -185,7 +190,8 @@ class Driver:
     def budget_left(self) -> int:
         if not self.cfg.stop.max_trials:
             return 1 << 30
-        return self.cfg.stop.max_trials - self.finished - len(self.in_flight) - len(self.ready)
+        parked = sum(len(v) for v in self.parked.values())
+        return self.cfg.stop.max_trials - self.finished - len(self.in_flight) - len(self.ready) - parked
 
     def fill_queue(self) -> None:
         depth = self.cfg.proposers.queue_depth or 2 * len(self.actors)
@@ -290,13 +296,11 @@ class Driver:
     def dispatch(self) -> None:
         per_actor = 3 if self.cfg.resources.overlap else 1   # one judged, one training, one starting up
         while self.ready:
-            idle = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor)
-            if not idle:
+            picked = self.next_dispatch(per_actor)
+            if picked is None:
                 return
-            i = idle[0][1]
-            job = self.ready.popleft()
-            reused = self.try_reuse(job)
-            if reused:
+            job, i = picked
+            if self.try_reuse(job):
                 continue
             slot = self.slots[i]
             device = slot["device_name"]
@@ -310,6 +314,16 @@ class Driver:
             ref = self.actors[i].run.remote(spec.to_dict(), {"member": job.member, "proposer": job.proposer})
             self.in_flight[ref] = (job, i)
             self.actor_load[i] += 1
+
+    def next_dispatch(self, per_actor: int):
+        """(job, actor index): the first ready job with a free actor of the right device kind."""
+        free = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor)
+        for job in list(self.ready):
+            for _, i in free:
+                if not job.device_kind or self.slots[i]["device_name"] == job.device_kind:
+                    self.ready.remove(job)
+                    return job, i
+        return None
 
     def try_reuse(self, job: Job) -> bool:
         """A byte-identical candidate already judged on this device kind is not trained again."""
@@ -366,8 +380,25 @@ class Driver:
         if job.proposer == BASELINE:
             self.on_baseline(job, result, slot, device)
             return
+        if job.proposer == REFERENCE:
+            self.on_reference(job, result, slot, device)
+            return
+        self.decide(job, result, slot, device)
+
+    def decide(self, job: Job, result: dict, slot: dict, device: str) -> None:
+        """The verdict on a candidate's latest run, against its member head on the same device kind."""
+        if job.member not in self.archive.heads():
+            self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
+                                          "margin": 0.0, "runs": len(job.runs)}, slot)
+            return
         margin = self.margins.get(device, self.cfg.selection.margin)
-        head_hash = source_hash(self.archive.source(self.archive.heads()[job.member]))
+        head = self.archive.heads()[job.member]
+        head_hash = source_hash(self.archive.source(head))
+        key = (head_hash, device)
+        if result.get("status") == "ok" and needs_reference(self.scores, head_hash, device) \
+                and key not in self.references:
+            self.ask_reference(job, head, key)
+            return
         job.parent_source = self.archive.source(job.parent_commit)
         verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs)
         if verdict["kind"] == "rerun":
@@ -375,6 +406,26 @@ class Driver:
             self.ready.appendleft(job)
             return
         self.finish_job(job, result, verdict, slot)
+
+    def ask_reference(self, job: Job, head: str, key: tuple) -> None:
+        """Park the candidate and run its member head on the candidate's device kind first."""
+        self.references.add(key)
+        self.parked.setdefault(key, []).append((job, job.runs[-1]))
+        ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
+                                    proposer=REFERENCE, message=f"re-run of {job.member}'s head on {key[1]} "
+                                                                f"for a same-device comparison"))
+        ref.device_kind = key[1]
+        self.ready.remove(ref)
+        self.ready.appendleft(ref)
+        self.say(f"  {job.trial_id} waits for {ref.trial_id}: {job.member}'s head has no score on {key[1]}")
+
+    def on_reference(self, job: Job, result: dict, slot: dict, device: str) -> None:
+        verdict = {"kind": "reference", "decided_by": f"head re-run on {device} for a same-device comparison",
+                   "runs": 1, "margin": self.margins.get(device, 0.0)}
+        self.finish_job(job, result, verdict, slot)
+        for key in [k for k in self.parked if k[1] == device]:
+            for parked, last in self.parked.pop(key):
+                self.decide(parked, last, slot, device)
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
         ok = result.get("status") == "ok"
@@ -396,7 +447,7 @@ class Driver:
         for r in job.runs if not reused_from else []:
             self.scores.add(job.hash, r.get("device") or device, r, job.trial_id)
         self.finished += 1
-        if job.proposer != BASELINE:
+        if job.proposer not in (BASELINE, REFERENCE):
             self.candidates_finished += 1
             selection.apply_result(self.states, job.member, row["val_bpb"], promote, self.candidates_finished)
         self.board.finished(row)

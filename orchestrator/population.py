@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from judge import verdict as judge_verdict
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
+REFERENCE = "reference"      # proposer name of a head re-run on another device kind
 
 
 def source_hash(source: str) -> str:
@@ -30,6 +31,7 @@ class Job:
     message: str
     parent_hash: str = ""
     runs: list = field(default_factory=list)     # TrialResult dicts of finished runs
+    device_kind: str = ""                # run only on actors of this device kind ('' = any)
     attempt: int = 0                     # dispatches lost to infrastructure failures
     infra_failures: int = 0
     seed_base: int = 0
@@ -79,6 +81,11 @@ def margin_for(cfg_selection, baseline_scores: list[float]) -> float:
     if len(baseline_scores) < 2:
         return 0.0
     return judge_verdict.margin_for(statistics.stdev(baseline_scores), cfg_selection.margin_std, 0.0)
+
+
+def needs_reference(scores: Scores, head_hash: str, device: str) -> bool:
+    """The head was judged, but never on this device kind: re-run it there before comparing."""
+    return scores.mean(head_hash, device) is None and scores.any_device_mean(head_hash)[0] is not None
 
 
 def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[float | None, str]:

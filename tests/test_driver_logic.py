@@ -1,0 +1,127 @@
+"""The driver's decisions without Ray: seed runs and margin, re-runs inside the margin, same-device
+reference runs, seed-only changes and reuse of byte-identical candidates, on a real git archive."""
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.driver import Driver
+from orchestrator.live import LiveBoard
+from orchestrator.population import REFERENCE
+from orchestrator.proposers.base import Proposal
+from trainer.constants import apply_overrides, read_constants
+
+SLOTS = [{"slot": "a0", "device": "cpu", "device_name": "cpu-a", "speed": 1.0, "budget_factor": 1.0},
+         {"slot": "b0", "device": "cpu", "device_name": "cpu-b", "speed": 0.5, "budget_factor": 2.0}]
+
+
+@pytest.fixture
+def driver(tmp_path):
+    cfg = Config(archive=str(tmp_path / "archive"))
+    cfg.population.size = 2
+    cfg.selection.noise_seeds = 2
+    cfg.selection.max_runs = 2
+    cfg.selection.cull_every = 0
+    d = Driver(cfg, out=io.StringIO())
+    d.open_archive()
+    d.rebuild()
+    d.board = LiveBoard(d.out, 1.0)
+    d.slots, d.actors, d.actor_load = SLOTS, [None, None], {0: 0, 1: 0}
+    yield d
+    d.archive.close()
+
+
+def result(val, device="cpu-a", status="ok"):
+    return {"status": status, "val_bpb": val, "device": device, "training_seconds": 1.0,
+            "timeline": {"launch": 1.0, "go": 1.0, "start": 1.5, "finish": 2.5, "judge_end": 3.0}}
+
+
+def feed(d: Driver, value, device="cpu-a", slot=0):
+    job = d.ready.popleft()
+    d.on_result(job, result(value, device), SLOTS[slot])
+    return job
+
+
+def candidate(d: Driver, member="m0", **changes) -> Proposal:
+    head = d.archive.heads()[member]
+    src = d.archive.source(head)
+    consts = read_constants(src)
+    new = apply_overrides(src, {k: type(consts[k])(v) for k, v in changes.items()})
+    return d.enqueue(Proposal(member=member, parent_commit=head, source=new, proposer="mutate", message=str(changes)))
+
+
+def rows(d: Driver) -> pd.DataFrame:
+    return pd.read_parquet(d.archive_dir / "ledger").set_index("trial_id")
+
+
+def seed(d: Driver):
+    d.seed_baseline()
+    feed(d, 2.00)
+    feed(d, 2.02)
+    return d.margins["cpu-a"]
+
+
+def test_seed_runs_set_the_margin_and_the_heads(driver):
+    margin = seed(driver)
+    assert margin == pytest.approx(2 * pd.Series([2.00, 2.02]).std())
+    assert all(driver.states[m].head_score == pytest.approx(2.01) for m in ("m0", "m1"))
+    assert set(rows(driver).verdict) == {"baseline"}
+
+
+def test_clear_gain_is_promoted_and_moves_the_branch(driver):
+    seed(driver)
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 1.90)
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "promote" and row.promoted
+    assert driver.archive.heads()["m0"] == row.commit
+    assert "same device (cpu-a)" in row.decided_by
+
+
+def test_gain_inside_the_margin_is_rerun_then_judged_on_the_mean(driver):
+    seed(driver)
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 1.995)                       # better, but inside the margin: a second run with a new seed
+    assert driver.ready and driver.ready[0] is job and job.next_seed() != job.seed_base
+    feed(driver, 2.005)
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "discard" and row.runs == 2
+    assert json.loads(row.run_scores) == [1.995, 2.005]
+
+
+def test_seed_only_change_is_never_promoted(driver):
+    seed(driver)
+    job = candidate(driver, SEED_OFFSET=7)
+    feed(driver, 1.5)
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "discard" and "seed" in row.decided_by
+
+
+def test_other_device_kind_gets_a_reference_run_of_the_head_first(driver):
+    seed(driver)                              # the seed was measured on cpu-a only
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 2.20, device="cpu-b", slot=1)  # slower kind: worse than the cpu-a head, better than its own
+    ref = driver.ready[0]
+    assert ref.proposer == REFERENCE and ref.device_kind == "cpu-b"
+    assert driver.next_dispatch(per_actor=1)[1] == 1          # only an actor of kind cpu-b may take it
+    driver.ready.appendleft(ref)
+    feed(driver, 2.40, device="cpu-b", slot=1)
+    table = rows(driver)
+    assert table.loc[ref.trial_id].verdict == "reference"
+    row = table.loc[job.trial_id]
+    assert row.verdict == "promote" and "same device (cpu-b)" in row.decided_by
+
+
+def test_byte_identical_candidate_is_not_trained_again(driver):
+    seed(driver)
+    first = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 2.05)
+    again = candidate(driver, MATRIX_LR=0.03)
+    driver.dispatch()                          # try_reuse answers it without an actor
+    row = rows(driver).loc[again.trial_id]
+    assert row.reused_from == first.trial_id and row.verdict == "discard"
+    assert not driver.ready and not driver.in_flight

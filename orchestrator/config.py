@@ -119,7 +119,20 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def from_dict(raw: dict, where: str = "<dict>") -> Config:
-    return _build(Config, raw, where, prefix="")
+    return _build(Config, _budget_value(raw, where), where, prefix="")
+
+
+def _budget_value(raw: dict, where: str) -> dict:
+    """`budget: {kind: flops, value: N}` (or kind time) is shorthand for budget.flops / budget.seconds."""
+    budget = raw.get("budget")
+    if not isinstance(budget, dict) or "value" not in budget:
+        return raw
+    budget = dict(budget)
+    key = "flops" if budget.get("kind") == "flops" else "seconds"
+    if key in budget:
+        raise ConfigError(f"{where}: keys 'budget.value' and 'budget.{key}' say the same thing; keep one")
+    budget[key] = budget.pop("value")
+    return {**raw, "budget": budget}
 
 
 def _build(cls, raw: dict, where: str, prefix: str):

@@ -66,3 +66,12 @@ def test_unknown_override_is_a_config_error(tmp_path):
     cfg = load(write(tmp_path, "population:\n  overrides: {NOT_A_CONSTANT: 3}\n"))
     with pytest.raises(ConfigError, match="population.overrides.*NOT_A_CONSTANT"):
         seed_source(cfg)
+
+
+def test_budget_value_shorthand(tmp_path):
+    cfg = load(write(tmp_path, "budget: {kind: flops, value: 2.0e+12}\n"))
+    assert cfg.budget.kind == "flops" and cfg.budget.flops == 2.0e12
+    cfg = load(write(tmp_path, "budget: {kind: time, value: 120}\n"))
+    assert cfg.budget.seconds == 120.0
+    with pytest.raises(ConfigError, match="budget.value"):
+        load(write(tmp_path, "budget: {kind: time, value: 120, seconds: 60}\n"))

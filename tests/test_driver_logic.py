@@ -125,3 +125,27 @@ def test_byte_identical_candidate_is_not_trained_again(driver):
     row = rows(driver).loc[again.trial_id]
     assert row.reused_from == first.trial_id and row.verdict == "discard"
     assert not driver.ready and not driver.in_flight
+
+
+def test_flops_budget_caps_time_by_device_speed():
+    from orchestrator import budget
+    from orchestrator.population import Job
+    cfg = Config()
+    cfg.budget.kind, cfg.budget.flops, cfg.budget.seconds = "flops", 1e13, 1.0
+    job = Job(trial_id="t1", member="m0", parent_commit="", commit="", source="", proposer="mutate", message="")
+    slow = budget.trial_spec(cfg, job, {"device": "cpu", "speed": 10.0, "budget_factor": 1.0}, "/d", 0, 30.0)
+    fast = budget.trial_spec(cfg, job, {"device": "cpu", "speed": 20.0, "budget_factor": 1.0}, "/d", 0, 30.0)
+    assert slow.budget_kind == "flops" and slow.budget_flops == 1e13
+    assert slow.budget_seconds == pytest.approx(2 * fast.budget_seconds)
+
+
+def test_time_budget_is_scaled_by_the_device_factor():
+    from orchestrator import budget
+    speeds = budget.kind_speeds([{"device_name": "a", "speed": 10.0}, {"device_name": "a", "speed": 12.0},
+                                 {"device_name": "b", "speed": 5.0}])
+    assert speeds == {"a": 11.0, "b": 5.0}
+    ref = budget.reference_speed(0.0, [10.0, 12.0, 5.0])
+    assert ref == 10.0 and budget.budget_factor(ref, speeds["b"]) == 2.0
+    assert budget.reference_speed(20.0, [1.0]) == 20.0
+    assert budget.startup_allowance([], 300.0) == 300.0
+    assert budget.startup_allowance([12.0, 15.0], 300.0) == 30.0

@@ -1,10 +1,9 @@
 """The judge's evaluation of one candidate: val_bpb from the model's own logits, causality and integrity checks.
 
-evaluate() runs in the current process; run_judge() runs the CLI `python -m judge.evaluate` in a process of its own."""
+evaluate() runs in the current process; run_judge() (judge/run_judge.py) runs this CLI in a process of its own."""
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import importlib.util
 import json
@@ -12,11 +11,8 @@ import math
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 import uuid
@@ -24,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from judge.causality import probe
 from judge.handoff import plain_key
+from judge.integrity import CANARY_RTOL, Snapshot, canary
+from judge.run_judge import _read_result, run_judge  # noqa: F401  (re-exported: trainer/runner.py, tests)
 from judge.spec import ENV_TRAIN_DIR, JudgeConfig
 from judge.tokencache import META_FILE, open_split
 
@@ -35,22 +32,8 @@ RESULT_KEYS = ("status", "reason", "val_bpb", "val_loss", "nats", "bytes", "toke
 CANDIDATE_PREFIX = "popsearch_candidate_"
 TOKEN_BYTES_FILE = "token_bytes.npy"
 CE_CHUNK_ELEMENTS = 1 << 27       # logits elements per log_softmax call: bounds the judge's own extra memory
-OUTPUT_TAIL_BYTES = 4000          # judge subprocess output kept as the reason of a crash
-READ_CHUNK_BYTES = 65536
 REASON_CHARS = 600                # candidate error messages are cut to this length
-CANARY_SEED = 1234                # fixed logits on which the loss computation must give the same number twice
-CANARY_SCALE = 3.0
-CANARY_RTOL = 1e-9                # same kernels, same input: only the thread split of the final sum may differ
 DOWNLOAD_DIRS = ("climbmix",)     # folders of the cache root holding downloaded corpora (judge/corpus.py)
-# Attributes that importing torch._dynamo legitimately rewraps (torch.compile, flex attention): not a patch.
-LAZY_REWRAPPED = {"torch": {"manual_seed"}, "torch.nn.Module": {"__init__", "__setstate__"}}
-# Operators of the loss computation whose kernel registrations must not change (torch.library overrides).
-CHECKED_OPS = ("aten::_log_softmax", "aten::log_softmax.int", "aten::gather", "aten::sum", "aten::sum.dim_IntList",
-               "aten::_to_copy", "aten::mul.Tensor", "aten::neg", "aten::isfinite", "aten::all", "aten::abs",
-               "aten::max", "aten::sub.Tensor", "aten::copy_", "aten::_local_scalar_dense")
-CHECKED_DISPATCH_KEYS = ("CPU", "CUDA", "Autograd", "Composite", "Autocast", "Python")
-DEEP_CHECKED = ("judge.evaluate", "judge.causality")   # modules whose constants are compared by value too
-SIMPLE_VALUES = (bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset, types.MappingProxyType)
 
 
 class Outcome(Exception):
@@ -149,101 +132,6 @@ def compile_cache_dirs() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- integrity
-def _namespaces() -> dict:
-    spaces = {"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor,
-              "torch.nn.Module": torch.nn.Module, "builtins": builtins, "math": math, "json": json, "os": os, "numpy": np}
-    spaces.update({n: m for n, m in list(sys.modules.items()) if n == "judge" or n.startswith("judge.")})
-    return spaces
-
-
-def _members(holder) -> dict:
-    """A module's attributes, or every attribute a class resolves through its MRO (inherited ones included)."""
-    if not isinstance(holder, type):
-        return dict(vars(holder))
-    return {name: _lookup(holder, name)[1] for name in dir(holder)}
-
-
-def _lookup(holder, name: str) -> tuple[bool, object]:
-    """(found, value) of holder.name, read from __dict__s only (no descriptor or __getattr__ runs)."""
-    for space in holder.__mro__ if isinstance(holder, type) else (holder,):
-        if name in vars(space):
-            return True, vars(space)[name]
-    return False, None
-
-
-def _fingerprint(value, deep: bool):
-    if isinstance(value, types.FunctionType):
-        return id(value), id(value.__code__), id(value.__defaults__), id(value.__kwdefaults__)
-    if deep and isinstance(value, SIMPLE_VALUES):
-        return id(value), repr(value)
-    return id(value)
-
-
-def _dispatch_table() -> dict:
-    dump = getattr(torch._C, "_dispatch_dump", None)
-    table = {}
-    for op in CHECKED_OPS if dump else ():
-        try:
-            lines = dump(op).splitlines()
-        except Exception:
-            continue
-        table[op] = [ln for ln in lines if ln.startswith(CHECKED_DISPATCH_KEYS)]
-    return table
-
-
-def _global_state() -> dict:
-    c = torch._C
-    return {"torch function mode": getattr(c, "_len_torch_function_stack", lambda: 0)(),
-            "torch dispatch mode": getattr(c, "_len_torch_dispatch_stack", lambda: 0)(),
-            "sys.settrace": id(sys.gettrace()), "sys.setprofile": id(sys.getprofile()),
-            "kernel registrations": _dispatch_table()}
-
-
-class Snapshot:
-    """Identities of torch/numpy/builtins/judge attributes and of torch's global hooks, taken before the
-    candidate's code runs; changes() names what moved since, restore() puts attributes back."""
-
-    def __init__(self):
-        self.items = {}
-        for space, holder in _namespaces().items():
-            deep = space in DEEP_CHECKED
-            skip = LAZY_REWRAPPED.get(space, ())
-            for name, value in _members(holder).items():
-                if name not in skip:
-                    code = value.__code__ if isinstance(value, types.FunctionType) else None
-                    own = name in vars(holder)
-                    self.items[(space, name)] = (holder, value, code, own, _fingerprint(value, deep))
-        self.state = _global_state()
-
-    def changes(self) -> list[str]:
-        moved = []
-        for (space, name), (holder, _, _, _, fp) in self.items.items():
-            found, now = _lookup(holder, name)
-            if not found or _fingerprint(now, space in DEEP_CHECKED) != fp:
-                moved.append(f"{space}.{name}")
-        state = _global_state()
-        moved += [key for key, value in self.state.items() if state.get(key) != value]
-        return moved
-
-    def restore(self) -> None:
-        """Undo attribute patches and pushed torch modes (kernel registrations cannot be undone here)."""
-        for (space, name), (holder, value, code, own, _) in self.items.items():
-            with contextlib.suppress(Exception):
-                if code is not None and value.__code__ is not code:
-                    value.__code__ = code
-                if _lookup(holder, name)[1] is value:
-                    continue
-                if own:
-                    setattr(holder, name, value)
-                else:
-                    delattr(holder, name)
-        c = torch._C
-        while getattr(c, "_len_torch_function_stack", lambda: 0)() > self.state["torch function mode"]:
-            c._pop_torch_function_stack()
-        while getattr(c, "_len_torch_dispatch_stack", lambda: 0)() > self.state["torch dispatch mode"]:
-            c._pop_torch_dispatch_stack()
-
-
 def _verify(snapshot: Snapshot, when: str) -> None:
     moved = snapshot.changes()
     if moved:
@@ -358,15 +246,6 @@ def batch_nats(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
     return total
 
 
-def canary(vocab: int, seq_len: int, device: str) -> float:
-    """The loss computation on fixed random logits: must give the same number before and after the candidate."""
-    gen = torch.Generator().manual_seed(CANARY_SEED)
-    logits = (torch.randn(1, seq_len, vocab, generator=gen) * CANARY_SCALE).to(device)
-    targets = torch.randint(vocab, (1, seq_len), generator=gen).to(device)
-    weight = torch.ones(1, seq_len, dtype=torch.float64, device=device)
-    return batch_nats(logits, targets, weight)
-
-
 def score(model, rows: np.ndarray, table: np.ndarray, cfg: JudgeConfig, device: str, vocab: int,
           train_py: Path, denials) -> dict:
     """Forward every row in batches; sum nats and bytes over targets with bytes > 0; probe one batch."""
@@ -436,7 +315,7 @@ def _evaluate(train_py: Path, weights, data_dir, cfg, device, sandbox, allow_wri
     except (OSError, SyntaxError, ValueError) as exc:
         raise Outcome("crash", f"{train_py}: cannot compile ({type(exc).__name__}: {_cut(str(exc))})") from exc
     guard = _import_guard() if sandbox else None
-    reference = canary(vocab, cfg.seq_len, device)
+    reference = canary(vocab, cfg.seq_len, device, batch_nats)
     snapshot = Snapshot()  # (c)
     denials = _lock_down(guard, data_dir, allow_write, train_py)  # (d)
     found["sandboxed"] = guard is not None
@@ -449,7 +328,7 @@ def _evaluate(train_py: Path, weights, data_dir, cfg, device, sandbox, allow_wri
     _verify(snapshot, "in build_model")
     sums = score(model, rows, table, cfg, device, vocab, train_py, denials)  # (g, i)
     _verify(snapshot, "during evaluation")  # (h)
-    if not math.isclose(canary(vocab, cfg.seq_len, device), reference, rel_tol=CANARY_RTOL):
+    if not math.isclose(canary(vocab, cfg.seq_len, device, batch_nats), reference, rel_tol=CANARY_RTOL):
         raise Outcome("invalid", "the loss computation gives a different number after the candidate ran "
                                  "(torch kernels or hooks were changed)")
     if denials:
@@ -537,84 +416,6 @@ def main(argv=None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)                              # no atexit handler or finalizer of the candidate runs after this
-
-
-# ---------------------------------------------------------------------------------------------- run_judge
-def run_judge(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu", env=None,
-              timeout: float | None = None, threads: int = 0) -> dict:
-    """Run the judge CLI in its own process group; kill the group at `timeout` (default cfg.timeout_seconds).
-
-    Returns the result dict; status timeout when killed, crash (with the output tail) when no valid result came."""
-    limit = cfg.timeout_seconds if timeout is None else timeout
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="popsearch-judge-run-") as tmp:
-        out = Path(tmp) / "result.json"
-        nonce = secrets.token_hex(16)
-        cmd = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "judge.evaluate",
-               "--train-py", str(Path(train_py).resolve()), "--weights", str(Path(weights).resolve()),
-               "--data-dir", str(Path(data_dir).resolve()), "--seq-len", str(cfg.seq_len),
-               "--eval-tokens", str(cfg.eval_tokens), "--eval-batch", str(cfg.eval_batch),
-               "--probe-positions", str(cfg.probe_positions), "--device", device, "--out", str(out),
-               "--threads", str(threads), "--nonce-stdin"]
-        code, tail = _run_group(cmd, tmp, _child_env(env), nonce, limit)
-        result = _read_result(out, nonce, code, tail)
-    if code is None:
-        result = empty_result("timeout", f"judge did not finish within {limit:g} s (process group killed)")
-    if result.get("seconds") is None:
-        result["seconds"] = round(time.perf_counter() - t0, 3)
-    return result
-
-
-def _child_env(env) -> dict:
-    """env (or ours) with this judge package first on PYTHONPATH, and torch.compile kept in-process."""
-    child = dict(os.environ if env is None else env)
-    root = str(Path(__file__).resolve().parents[1])
-    child["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [child.get("PYTHONPATH")])])
-    child.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-    return child
-
-
-def _run_group(cmd, cwd, env, nonce: str, limit: float):
-    """(exit code or None on timeout, tail of the output); the whole process group is killed at the end."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    tail = bytearray()
-    reader = threading.Thread(target=_keep_tail, args=(proc.stdout, tail), daemon=True)
-    reader.start()
-    with contextlib.suppress(OSError):
-        proc.stdin.write((nonce + "\n").encode())
-        proc.stdin.close()
-    try:
-        code = proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        code = None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader.join(timeout=5.0)
-    return code, tail.decode(errors="replace").strip()
-
-
-def _keep_tail(stream, tail: bytearray) -> None:
-    for chunk in iter(lambda: stream.read1(READ_CHUNK_BYTES), b""):
-        tail += chunk
-        del tail[:-OUTPUT_TAIL_BYTES]
-
-
-def _read_result(out: Path, nonce: str, code, tail: str) -> dict:
-    last = tail[-OUTPUT_TAIL_BYTES:]
-    if not out.exists():
-        return empty_result("crash", f"judge process exited with code {code} without a result: {last}")
-    try:
-        result = json.loads(out.read_text())
-    except (ValueError, OSError):
-        result = None
-    if not isinstance(result, dict) or result.get("status") not in ("ok", "invalid", "crash", "infra"):
-        return empty_result("crash", f"judge result {out.name} is not valid JSON of a result: {last}")
-    if result.pop("nonce", None) != nonce:
-        return empty_result("invalid", "the result file was not written by the judge (nonce mismatch): "
-                                       "the candidate forged it")
-    return {**empty_result(), **result}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -20,6 +19,8 @@ from git.objects.fun import tree_entries_from_data, tree_to_stream
 from gitdb import IStream
 
 from orchestrator import ledger
+from orchestrator.trailers import compose_message, completed_row, judged_trailers, parse_message, pending_trailers
+from orchestrator.trailers import completed_row as _completed_row  # noqa: F401  (tests replay _record's steps)
 
 SOURCE_FILE = "train.py"
 SEED_BRANCH = "seed"                       # the root commit; HEAD points here and it never moves
@@ -39,8 +40,6 @@ ZERO_SHA = "0" * 40
 FILE_MODE = 0o100644
 BLOB_MODES = (0o100644, 0o100755)
 MAX_SOURCE_BYTES = 1_000_000
-TRAILER_CHARS = 300                        # readable trailers are cut here; Record keeps everything
-STALE_GIT_LOCK_SECONDS = 10.0              # a git *.lock older than this is left over from a killed write
 SHORT = 10
 TRIAL_ID_DIGITS = 5
 
@@ -77,66 +76,6 @@ def source_hash(source: str) -> str:
     """git's blob id of a train.py text: equal exactly for byte-identical candidates, readable from any commit."""
     data = source.encode("utf-8")
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _one_line(value, limit: int = TRAILER_CHARS) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def compose_message(message: str, trailers: list[tuple[str, object]]) -> str:
-    """The message, a blank line, then `Key: value` trailers (empty values left out)."""
-    lines = [f"{key}: {value if key == 'Record' else _one_line(value)}"
-             for key, value in trailers if value is not None and value != ""]
-    return (message.strip() or "(no message)") + "\n\n" + "\n".join(lines) + "\n"
-
-
-def parse_message(text: str) -> tuple[str, dict]:
-    """(message, trailers) of a commit message whose last paragraph is `Key: value` lines."""
-    text = text.strip()
-    body, _, block = text.rpartition("\n\n")
-    pairs = [line.split(": ", 1) for line in block.splitlines()]
-    if body and pairs and all(len(p) == 2 and re.fullmatch(r"[A-Za-z][A-Za-z-]*", p[0]) for p in pairs):
-        return body, dict(pairs)
-    return text, {}
-
-
-def _pending_trailers(trial_id, member, parent, proposer) -> list[tuple[str, object]]:
-    return [("Trial-Id", trial_id), ("Member", member), ("Parent", parent),
-            ("Proposer", proposer), ("Status", "pending")]
-
-
-def _judged_trailers(row: dict, head_before: str | None) -> list[tuple[str, object]]:
-    record = {k: v for k, v in row.items() if k != "commit" and v is not None}
-    return [("Trial-Id", row["trial_id"]), ("Member", row["member"]), ("Parent", row["parent_commit"]),
-            ("Proposer", row["proposer"]), ("Status", row["status"]), ("Val-Bpb", row["val_bpb"]),
-            ("Verdict", row["verdict"]), ("Device", row["device"]), ("Budget", row["budget_seconds"]),
-            ("Margin", row["margin"]), ("Runs", row["runs"]), ("Decided-By", row["decided_by"]),
-            ("Reason", row["reason"]), ("Promoted", "yes" if row["promoted"] else "no"),
-            ("Head-Before", head_before), ("Record", json.dumps(record, separators=(",", ":")))]
-
-
-def _completed_row(pend: Pending, row: dict, promote: bool) -> dict:
-    """The ledger row of a judged trial: the caller's fields plus what the pending candidate fixes."""
-    full = dict(row)
-    fixed = {"trial_id": pend.trial_id, "member": pend.member, "parent_commit": pend.parent,
-             "proposer": pend.proposer}
-    for key, value in fixed.items():
-        if full.get(key) not in (None, value):
-            raise ValueError(f"trial {pend.trial_id}: row {key}={full[key]!r} disagrees with the pending "
-                             f"candidate ({value!r})")
-        full[key] = value
-    if full.get("commit") is not None:
-        raise ValueError(f"trial {pend.trial_id}: row['commit'] is set by record(), leave it out")
-    if not full.get("message"):
-        full["message"] = pend.message
-    full["promoted"] = bool(promote)
-    full = ledger.normalize(full)
-    if full["status"] is None:
-        raise ValueError(f"trial {pend.trial_id}: the row needs a status")
-    if promote and full["status"] != "ok":
-        raise ValueError(f"trial {pend.trial_id} has status {full['status']!r}; only an ok trial can be promoted")
-    return full
 
 
 def _tree_order(entry) -> bytes:
@@ -458,7 +397,7 @@ class Archive:
         parent = self._commit_of(parent_sha).hexsha
         if not self._is_ancestor(parent, head):
             raise ArchiveError(f"trial {trial_id}: parent {parent[:SHORT]} is not on pop/{member}")
-        text = compose_message(message, _pending_trailers(trial_id, member, parent, proposer))
+        text = compose_message(message, pending_trailers(trial_id, member, parent, proposer))
         sha = self._commit(self._tree(parent, source), [parent], text)
         self._update_ref(PENDING + trial_id, sha, ZERO_SHA)
         return sha
@@ -543,7 +482,7 @@ class Archive:
         the ledger row comes after (finish); repair writes rows missing from the ledger from Record trailers."""
         self._writable()
         pend = self._pending_of(trial_id)
-        full = _completed_row(pend, row, promote)
+        full = completed_row(pend, row, promote)
         head_before = self._promotion_base(pend, expect_head) if promote else None
         sha = self._judged_commit(pend, full, head_before)
         self._mark_judged(trial_id, sha)
@@ -570,7 +509,7 @@ class Archive:
 
     def _judged_commit(self, pend: Pending, row: dict, head_before: str | None) -> str:
         tree = self._commit_of(pend.sha).tree.hexsha
-        message = compose_message(row["message"] or pend.message, _judged_trailers(row, head_before))
+        message = compose_message(row["message"] or pend.message, judged_trailers(row, head_before))
         return self._commit(tree, [pend.parent] if pend.parent else [], message)
 
     def _mark_judged(self, trial_id: str, sha: str) -> None:
@@ -651,8 +590,8 @@ class Archive:
         member, why = self._inbox_member(refname, parent) if parent else ("", "")
         reason = self.check_candidate(sha) or why
         message = commit.message.strip() or f"candidate from {refname}"
-        trailers = _pending_trailers(trial_id, member, parent, proposer) + [("Inbox-Ref", refname),
-                                                                          ("Inbox-Commit", sha)]
+        trailers = pending_trailers(trial_id, member, parent, proposer) + [("Inbox-Ref", refname),
+                                                                           ("Inbox-Commit", sha)]
         pend_sha = self._commit(commit.tree.hexsha, [parent] if parent else [], compose_message(message, trailers))
         self._git_stdin(["update-ref", "--stdin"], f"create {PENDING}{trial_id} {pend_sha}\ndelete {refname} {sha}\n")
         return Pending(trial_id, pend_sha, member, parent, proposer, message), reason
@@ -679,61 +618,8 @@ class Archive:
 
     def repair(self) -> dict:
         """Finish every write a kill interrupted, then make the ledger match the trailers. Idempotent."""
-        self._writable()
-        entries, problems = self._trial_entries()
-        report = {"git_locks": self._clear_stale_git_locks(), "lineage": self._replay_lineage(),
-                  "promotions": self._replay_promotions(entries), "pending_dropped": self._drop_judged_pending(),
-                  "unreadable_trials": problems}
-        report["ledger"] = ledger.rebuild(self.path, [row for row, _ in entries])
-        return report
-
-    def _clear_stale_git_locks(self) -> list[str]:
-        """Ref lock files a killed git left behind (no ref name of ours ends in .lock)."""
-        git_dir = Path(self.repo.git_dir)
-        candidates = [*(git_dir / "refs").rglob("*.lock"), git_dir / "packed-refs.lock", git_dir / "HEAD.lock",
-                      git_dir / "index.lock"]
-        cutoff = time.time() - STALE_GIT_LOCK_SECONDS
-        removed = [p for p in candidates if p.is_file() and p.stat().st_mtime < cutoff]
-        for path in removed:
-            path.unlink()
-        return [str(p) for p in removed]
-
-    def _replay_lineage(self) -> list[str]:
-        """Create branches the journal says exist, finish retirements the journal says happened."""
-        heads, retired, done = self.heads(), self.retired(), []
-        for event in self._events():
-            member, kind = event.get("Member", ""), event.get("Event")
-            if kind in ("create", "fork") and member not in heads and member not in retired:
-                self._update_ref(BRANCHES + member, event["At"], ZERO_SHA)
-                heads[member] = event["At"]
-                done.append(f"created pop/{member} at {event['At'][:SHORT]}")
-            elif kind == "retire" and member in heads:
-                self._finish_retire(member, heads[member])
-                retired[member] = heads.pop(member)
-                done.append(f"retired {member}")
-        return done
-
-    def _replay_promotions(self, entries: list[tuple[dict, dict]]) -> list[str]:
-        """Move a branch that still sits on a promoted trial's Head-Before to that trial (chains included)."""
-        promoted = [(row, tr) for row, tr in entries if tr.get("Promoted") == "yes" and tr.get("Head-Before")]
-        heads, done = self.heads(), []
-        for _ in range(len(promoted)):
-            moves = [(row, tr) for row, tr in promoted
-                     if heads.get(row["member"]) == tr["Head-Before"] != row["commit"]]
-            if not moves:
-                break
-            row, tr = moves[0]
-            self._move_branch(row["member"], row["commit"], tr["Head-Before"])
-            heads[row["member"]] = row["commit"]
-            done.append(f"pop/{row['member']} -> {row['commit'][:SHORT]} (trial {row['trial_id']})")
-        return done
-
-    def _drop_judged_pending(self) -> list[str]:
-        judged = set(self._refs(TRIALS))
-        dropped = [trial_id for trial_id in self._refs(PENDING) if trial_id in judged]
-        for trial_id in dropped:
-            self._drop_pending(trial_id)
-        return dropped
+        from orchestrator.repair import repair_archive     # repair.py builds on this module
+        return repair_archive(self)
 
 
 def repair(archive_dir) -> dict:

@@ -461,6 +461,7 @@ class Driver:
         taken = set(self.archive.retired()) | set(self.archive.heads())
         plan = selection.cull_and_fork(self.states, sel.cull_fraction, sel.patience, self.rng, taken=taken)
         busy = {job.member for job, _ in self.in_flight.values()} | {job.member for job in self.ready}
+        busy |= {job.member for waiting in self.parked.values() for job, _ in waiting}
         plan = [p for p in plan if p[0] not in busy]      # never retire a member with work in flight
         for retire, fork_from, new_name in plan:
             self.archive.fork(new_name, fork_from)
@@ -487,7 +488,11 @@ class Driver:
                 self.fill_queue()
                 self.dispatch()
             if not self.in_flight and not self.ready and not self.agent_refs:
-                if self.should_stop() or not self.baseline_ready():
+                if not self.baseline_ready() and not self.should_stop():
+                    self.say("the seed train.py produced no score, so no candidate can be judged: see the "
+                             "reasons of the baseline rows (`popsearch status ARCHIVE`, the ledger)")
+                    break
+                if self.should_stop():
                     break
             self.harvest(ray)
             self.harvest_agents(ray)

@@ -67,6 +67,22 @@ def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec,
     status = run_cli(["status", str(archive)])
     assert status.returncode == 0 and "m0" in status.stdout
     assert overlapped_runs(df) >= 1
+    corrupt_then_repair(archive, df)
+
+
+def corrupt_then_repair(archive: Path, df: pd.DataFrame) -> None:
+    """A truncated ledger file is named in the error; `popsearch repair` rebuilds the same ledger from git."""
+    from orchestrator import ledger as ledger_mod
+    victim = sorted((archive / "ledger").glob("*.parquet"))[1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(ledger_mod.LedgerError, match=victim.name):
+        ledger_mod.read(archive)
+    fixed = run_cli(["repair", str(archive)], timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    again = ledger(archive)
+    cols = ["trial_id", "status", "verdict", "val_bpb"]
+    pd.testing.assert_frame_equal(again.sort_values("trial_id")[cols].reset_index(drop=True),
+                                  df.sort_values("trial_id")[cols].reset_index(drop=True))
 
 
 def overlapped_runs(df: pd.DataFrame) -> int:

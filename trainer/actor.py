@@ -48,7 +48,7 @@ class TrialWorker:
         return spec.data_dir
 
     def live(self) -> dict:
-        return {k: dict(v) for k, v in self._live.items()}
+        return {k: {name: value for name, value in v.items() if not callable(value)} for k, v in self._live.items()}
 
     def run(self, spec_dict: dict, meta: dict | None = None) -> dict:
         """Run one trial; returns TrialResult as a dict (never raises for the candidate's faults)."""

@@ -3,8 +3,6 @@
 Three phases so that start-up can overlap another trial's judging: launch() -> Running.go() -> supervise() -> judge_trial()."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -18,102 +16,32 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from judge.spec import ENV_CACHE, ENV_TRAIN_DIR, ENV_WEIGHTS, JudgeConfig
+from judge.spec import JudgeConfig
 from trainer import spec as S
+from trainer.processes import TrialFamily, kill_group, kill_pid, new_token
+from trainer.processes import alive as _alive  # noqa: F401  (tests check leftovers through runner._alive)
 from trainer.spec import TrialResult, TrialSpec
+from trainer.trial_env import base_env, sandbox_module, trial_env, violations_path
 
 TICK = 0.05                   # seconds between checks of the clock, events and the process
-SCAN_INTERVAL = 0.2           # seconds between /proc scans for the trial's descendants
 PUMP_READ = 65536             # bytes per read from a pipe
 EVENT_LINE_MAX = 65536        # longer event lines are dropped
 MAX_CURVE_POINTS = 4096       # loss curve is halved (every other point) beyond this
 LOG_TAIL_BYTES = 4000         # tail of the log kept in the result and used as a crash reason
 DRAIN_SECONDS = 2.0           # after the trial is gone, how long the pipes may take to reach EOF
-REAP_ROUNDS = 5               # kill-and-rescan rounds for leftover processes
-REAP_WAIT = 10.0              # seconds to wait for killed processes to be reaped (zombies keep a group alive)
 EARLY_STOP_PATIENCE = 3       # consecutive progress reports above the parent's curve before stopping
 TEXT_FIELD_MAX = 200          # reported strings (backend, device) are cut to this
 VIOLATION_LINES = 10          # sandbox violations quoted in the reason
 FLOPS_PER_PARAM_TOKEN = 6
-ENV_COMPILE_CACHE = "POPSEARCH_COMPILE_CACHE"
-ENV_TOKEN = "POPSEARCH_TRIAL_TOKEN"   # marks every process of one trial (found again through /proc)
-PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "CUDA_HOME",
-            "CUDA_PATH", "CUDA_DEVICE_ORDER", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRITON_CACHE_DIR")
-PASS_ENV_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_", "KERNELS_")   # operator settings of the node
 # Dense bf16 peak FLOPs by device name (first match wins: more specific names first).
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
 
-# ---------------------------------------------------------------- environment
-
-def cache_root(spec: TrialSpec) -> Path:
-    """CACHE of the data layout CACHE/data/<fingerprint>; else $POPSEARCH_CACHE or ~/.cache/popsearch."""
-    data = Path(spec.data_dir).resolve()
-    if data.parent.name == "data":
-        return data.parent.parent
-    return Path(os.environ.get(ENV_CACHE) or "~/.cache/popsearch").expanduser()
-
-
-def compile_cache(spec: TrialSpec) -> str:
-    """The per-node torch.compile cache shared by trials and judges: $POPSEARCH_COMPILE_CACHE or CACHE/inductor."""
-    return os.environ.get(ENV_COMPILE_CACHE) or str(cache_root(spec) / "inductor")
-
-
-def _package_root() -> str:
-    import trainer
-    return str(Path(trainer.__file__).resolve().parents[1])
-
-
-def base_env(spec: TrialSpec) -> dict:
-    """A clean minimal environment for a trial or judge process of this spec (no inherited secrets)."""
-    env = {k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
-    env.setdefault("LANG", "C.UTF-8")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
-    env[S.ENV_THREADS] = str(spec.threads)
-    env[ENV_TRAIN_DIR] = str(Path(spec.data_dir) / "train")
-    env["TORCHINDUCTOR_CACHE_DIR"] = compile_cache(spec)
-    if spec.device == "cuda":
-        visible = spec.gpu_index if spec.gpu_index is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(visible)
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
-
-
-def violations_path(scratch: Path) -> Path:
-    """The sandbox's record of violations: beside the scratch folder, out of the candidate's reach."""
-    return scratch.with_name(scratch.name + ".violations")
-
-
-def trial_env(spec: TrialSpec, scratch: Path, token: str) -> dict:
-    env = base_env(spec)
-    sandbox = sandbox_module()
-    if sandbox is not None:
-        env[sandbox.ENV_VIOLATIONS] = str(violations_path(scratch))
-    env[ENV_WEIGHTS] = str(scratch / "weights.pt")
-    env[S.ENV_BUDGET_KIND] = spec.budget_kind
-    env[S.ENV_BUDGET_SECONDS] = repr(float(spec.budget_seconds))
-    env[S.ENV_BUDGET_FLOPS] = repr(float(spec.budget_flops))
-    env[S.ENV_DEVICE] = spec.device
-    env[S.ENV_SEED] = str(spec.seed)
-    env[ENV_TOKEN] = token
-    return env
-
-
-def sandbox_module():
-    """trainer.sandbox (the trial bootstrap of issue 5) when it exists, else None."""
-    if importlib.util.find_spec("trainer.sandbox") is None:
-        return None
-    return importlib.import_module("trainer.sandbox")
-
+# ---------------------------------------------------------------- sandbox
 
 def trial_command() -> list[str]:
     """`python -m trainer.sandbox train.py` when the sandbox exists, else `python train.py`."""
@@ -231,128 +159,6 @@ def _parse_event(line: bytes) -> dict | None:
     return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
-# ---------------------------------------------------------------- processes (/proc)
-
-def _stat(pid: int) -> tuple | None:
-    """(ppid, pgid, sid, starttime, state) of a live process, or None (gone, zombie or unreadable)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    state = fields[0].decode()
-    if state in ("Z", "X"):
-        return None
-    return int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]), state
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
-def _has_token(pid: int, token: bytes) -> bool:
-    try:
-        return token in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-
-
-def _alive(pid: int, starttime: int | None = None) -> bool:
-    info = _stat(pid)
-    return info is not None and (starttime is None or info[3] == starttime)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_pid(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _ancestors() -> set[int]:
-    """This process and its ancestors: never killed, whatever a scan says."""
-    seen, pid = set(), os.getpid()
-    while pid > 1 and pid not in seen:
-        seen.add(pid)
-        info = _stat(pid)
-        pid = info[0] if info else 0
-    return seen | {1}
-
-
-class _Family:
-    """The trial's processes: its group and session, every descendant seen by a scan, and the env token."""
-
-    def __init__(self, pid: int, token: str):
-        self.root, self.token = pid, f"{ENV_TOKEN}={token}".encode()
-        info = _stat(pid)
-        self.members: dict[int, int] = {pid: info[3]} if info else {}
-        self._next_scan = 0.0
-
-    def scan(self, force: bool = False) -> None:
-        """Record every live descendant of a known member (children of processes already recorded)."""
-        now = time.monotonic()
-        if not force and now < self._next_scan:
-            return
-        self._next_scan = now + SCAN_INTERVAL
-        table = {pid: info for pid in _pids() if (info := _stat(pid)) is not None}
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, pgid, sid, start, _) in table.items():
-                parent_known = ppid in self.members and table.get(ppid, (0, 0, 0, None))[3] == self.members[ppid]
-                if pid not in self.members and (parent_known or self.root in (pgid, sid)):
-                    self.members[pid] = start
-                    grew = True
-
-    def leftovers(self) -> list[int]:
-        """Live processes of this trial: recorded members, same group/session, or carrying the token."""
-        keep = _ancestors()
-        found = []
-        for pid in _pids():
-            info = _stat(pid)
-            if info is None or pid in keep:
-                continue
-            ppid, pgid, sid, start, _ = info
-            if (self.members.get(pid) == start or self.root in (pgid, sid) or _has_token(pid, self.token)):
-                found.append(pid)
-        return found
-
-    def reap(self) -> list[int]:
-        """Kill the group and every leftover; returns the pids killed after the group kill."""
-        killed = []
-        for _ in range(REAP_ROUNDS):
-            _kill_group(self.root)
-            rest = self.leftovers()
-            if not rest:
-                break
-            for pid in rest:
-                _kill_pid(pid)
-            killed += rest
-            time.sleep(TICK)
-        self._wait_gone()
-        return killed
-
-    def _wait_gone(self) -> None:
-        """Wait (bounded) until init has reaped the killed group, so that the pgid is really free."""
-        deadline = time.monotonic() + REAP_WAIT
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.root, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(TICK)
-
-
 # ---------------------------------------------------------------- phases
 
 @dataclass
@@ -370,7 +176,7 @@ class Running:
 
     def __init__(self, spec: TrialSpec, scratch: Path, on_event=None):
         self.spec, self.scratch, self.on_event = spec, scratch, on_event
-        self.token = uuid.uuid4().hex
+        self.token = new_token()
         self.log = _CappedLog(scratch / "train.log", spec.log_cap_bytes)
         self.events = _EventLines()
         self.timeline: dict = {}
@@ -409,7 +215,7 @@ class Running:
             for fd in (log_w, ev_w, go_r):
                 if fd is not None:
                     os.close(fd)
-        self.family = _Family(self.proc.pid, self.token)
+        self.family = TrialFamily(self.proc.pid, self.token)
         self._log_pump = _Pump(log_r, self.log, f"trial-log-{self.proc.pid}")
         self._event_pump = _Pump(ev_r, self.events, f"trial-events-{self.proc.pid}")
         self._log_pump.start()
@@ -448,8 +254,8 @@ class Running:
                 outcome = self._over_limit(time.monotonic())
                 self.family.scan()
         if outcome is not None:
-            _kill_group(self.proc.pid)
-            _kill_pid(self.proc.pid)             # in case it left its own group
+            kill_group(self.proc.pid)
+            kill_pid(self.proc.pid)             # in case it left its own group
         code = self.proc.wait()
         t_end = time.monotonic()
         self.family.scan(force=True)

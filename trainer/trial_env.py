@@ -1,0 +1,83 @@
+"""The environment of a trial or judge process: a clean minimal one built from the spec, never inherited whole.
+
+Also where the caches live and where the sandbox writes its record of violations."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from judge.spec import ENV_CACHE, ENV_TRAIN_DIR, ENV_WEIGHTS
+from trainer import spec as S
+from trainer.processes import ENV_TOKEN
+from trainer.spec import TrialSpec
+
+ENV_COMPILE_CACHE = "POPSEARCH_COMPILE_CACHE"
+PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "CUDA_HOME",
+            "CUDA_PATH", "CUDA_DEVICE_ORDER", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRITON_CACHE_DIR")
+PASS_ENV_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_", "KERNELS_")   # operator settings of the node
+
+
+def cache_root(spec: TrialSpec) -> Path:
+    """CACHE of the data layout CACHE/data/<fingerprint>; else $POPSEARCH_CACHE or ~/.cache/popsearch."""
+    data = Path(spec.data_dir).resolve()
+    if data.parent.name == "data":
+        return data.parent.parent
+    return Path(os.environ.get(ENV_CACHE) or "~/.cache/popsearch").expanduser()
+
+
+def compile_cache(spec: TrialSpec) -> str:
+    """The per-node torch.compile cache shared by trials and judges: $POPSEARCH_COMPILE_CACHE or CACHE/inductor."""
+    return os.environ.get(ENV_COMPILE_CACHE) or str(cache_root(spec) / "inductor")
+
+
+def _package_root() -> str:
+    import trainer
+    return str(Path(trainer.__file__).resolve().parents[1])
+
+
+def base_env(spec: TrialSpec) -> dict:
+    """A clean minimal environment for a trial or judge process of this spec (no inherited secrets)."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+    env.setdefault("LANG", "C.UTF-8")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
+    env[S.ENV_THREADS] = str(spec.threads)
+    env[ENV_TRAIN_DIR] = str(Path(spec.data_dir) / "train")
+    env["TORCHINDUCTOR_CACHE_DIR"] = compile_cache(spec)
+    if spec.device == "cuda":
+        visible = spec.gpu_index if spec.gpu_index is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(visible)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def violations_path(scratch: Path) -> Path:
+    """The sandbox's record of violations: beside the scratch folder, out of the candidate's reach."""
+    return scratch.with_name(scratch.name + ".violations")
+
+
+def trial_env(spec: TrialSpec, scratch: Path, token: str) -> dict:
+    env = base_env(spec)
+    sandbox = sandbox_module()
+    if sandbox is not None:
+        env[sandbox.ENV_VIOLATIONS] = str(violations_path(scratch))
+    env[ENV_WEIGHTS] = str(scratch / "weights.pt")
+    env[S.ENV_BUDGET_KIND] = spec.budget_kind
+    env[S.ENV_BUDGET_SECONDS] = repr(float(spec.budget_seconds))
+    env[S.ENV_BUDGET_FLOPS] = repr(float(spec.budget_flops))
+    env[S.ENV_DEVICE] = spec.device
+    env[S.ENV_SEED] = str(spec.seed)
+    env[ENV_TOKEN] = token
+    return env
+
+
+def sandbox_module():
+    """trainer.sandbox (the trial bootstrap of issue 5) when it exists, else None."""
+    if importlib.util.find_spec("trainer.sandbox") is None:
+        return None
+    return importlib.import_module("trainer.sandbox")

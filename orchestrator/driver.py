@@ -51,6 +51,7 @@ class Driver:
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
         self.references: set = set()        # (head hash, device kind) whose reference run was asked for
+        self.before_baseline: list = []     # (job, last result) judged before the seed's score existed
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
@@ -190,13 +191,11 @@ class Driver:
     def budget_left(self) -> int:
         if not self.cfg.stop.max_trials:
             return 1 << 30
-        parked = sum(len(v) for v in self.parked.values())
+        parked = sum(len(v) for v in self.parked.values()) + len(self.before_baseline)
         return self.cfg.stop.max_trials - self.finished - len(self.in_flight) - len(self.ready) - parked
 
     def fill_queue(self) -> None:
         depth = self.cfg.proposers.queue_depth or 2 * len(self.actors)
-        if not self.baseline_ready():
-            return
         self.scan_inbox()
         while len(self.ready) < depth and self.budget_left() - len(self.agent_refs) > 0:
             proposal = self.propose()
@@ -206,6 +205,11 @@ class Driver:
 
     def baseline_ready(self) -> bool:
         return any(self.baseline.values())
+
+    def baseline_pending(self) -> bool:
+        """Seed runs still queued or running: candidates that finish first wait for the seed's score."""
+        jobs = list(self.ready) + [job for job, _ in self.in_flight.values()]
+        return any(job.proposer == BASELINE for job in jobs)
 
     def busy_members(self) -> dict[str, int]:
         busy: dict[str, int] = {}
@@ -391,13 +395,16 @@ class Driver:
             self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
                                           "margin": 0.0, "runs": len(job.runs)}, slot)
             return
+        if self.baseline_pending():
+            self.before_baseline.append((job, result, slot))
+            return
         margin = self.margins.get(device, self.cfg.selection.margin)
         head = self.archive.heads()[job.member]
         head_hash = source_hash(self.archive.source(head))
         key = (head_hash, device)
         if result.get("status") == "ok" and needs_reference(self.scores, head_hash, device) \
                 and key not in self.references:
-            self.ask_reference(job, head, key)
+            self.ask_reference(job, head, key, slot)
             return
         job.parent_source = self.archive.source(job.parent_commit)
         verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs)
@@ -407,10 +414,10 @@ class Driver:
             return
         self.finish_job(job, result, verdict, slot)
 
-    def ask_reference(self, job: Job, head: str, key: tuple) -> None:
+    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict) -> None:
         """Park the candidate and run its member head on the candidate's device kind first."""
         self.references.add(key)
-        self.parked.setdefault(key, []).append((job, job.runs[-1]))
+        self.parked.setdefault(key, []).append((job, job.runs[-1], slot))
         ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
                                     proposer=REFERENCE, message=f"re-run of {job.member}'s head on {key[1]} "
                                                                 f"for a same-device comparison"))
@@ -424,8 +431,8 @@ class Driver:
                    "runs": 1, "margin": self.margins.get(device, 0.0)}
         self.finish_job(job, result, verdict, slot)
         for key in [k for k in self.parked if k[1] == device]:
-            for parked, last in self.parked.pop(key):
-                self.decide(parked, last, slot, device)
+            for parked, last, its_slot in self.parked.pop(key):
+                self.decide(parked, last, its_slot, device)
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
         ok = result.get("status") == "ok"
@@ -437,6 +444,10 @@ class Driver:
             self.scores.startups.setdefault(device, []).append(result.get("startup_seconds", 0.0))
             self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
             self.refresh_head_scores()
+        if not self.baseline_pending():
+            waiting, self.before_baseline = self.before_baseline, []
+            for parked, last, its_slot in waiting:
+                self.decide(parked, last, its_slot, last.get("device") or its_slot["device_name"])
 
     def finish_job(self, job: Job, result: dict, verdict: dict, slot: dict, reused_from: str = "") -> None:
         row = ledger_row(job, result, verdict, slot, reused_from)
@@ -461,7 +472,8 @@ class Driver:
         taken = set(self.archive.retired()) | set(self.archive.heads())
         plan = selection.cull_and_fork(self.states, sel.cull_fraction, sel.patience, self.rng, taken=taken)
         busy = {job.member for job, _ in self.in_flight.values()} | {job.member for job in self.ready}
-        busy |= {job.member for waiting in self.parked.values() for job, _ in waiting}
+        busy |= {job.member for waiting in self.parked.values() for job, _, _ in waiting}
+        busy |= {job.member for job, _, _ in self.before_baseline}
         plan = [p for p in plan if p[0] not in busy]      # never retire a member with work in flight
         for retire, fork_from, new_name in plan:
             self.archive.fork(new_name, fork_from)
@@ -488,7 +500,7 @@ class Driver:
                 self.fill_queue()
                 self.dispatch()
             if not self.in_flight and not self.ready and not self.agent_refs:
-                if not self.baseline_ready() and not self.should_stop():
+                if not self.baseline_ready() and self.finished and not self.should_stop():
                     self.say("the seed train.py produced no score, so no candidate can be judged: see the "
                              "reasons of the baseline rows (`popsearch status ARCHIVE`, the ledger)")
                     break

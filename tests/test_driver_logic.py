@@ -149,3 +149,20 @@ def test_time_budget_is_scaled_by_the_device_factor():
     assert budget.reference_speed(20.0, [1.0]) == 20.0
     assert budget.startup_allowance([], 300.0) == 300.0
     assert budget.startup_allowance([12.0, 15.0], 300.0) == 30.0
+
+
+def test_candidate_finishing_before_the_seed_runs_waits_for_their_score(driver):
+    driver.seed_baseline()
+    first, second = driver.ready.popleft(), driver.ready.popleft()
+    job = candidate(driver, MATRIX_LR=0.03)
+    driver.ready.remove(job)
+    driver.in_flight = {"r1": (first, 0), "r2": (second, 0)}      # seed runs still running
+    driver.on_result(job, result(1.90), SLOTS[0])
+    assert job.trial_id not in {r["trial_id"] for r in driver.archive.trial_records()}   # not judged yet
+    waiting = driver.cfg.stop.max_trials - len(driver.in_flight) - len(driver.ready) - driver.finished - 1
+    assert driver.before_baseline and driver.budget_left() == waiting       # the waiting job counts
+    for ref, seed_job, value in (("r1", first, 2.00), ("r2", second, 2.02)):
+        del driver.in_flight[ref]
+        driver.on_result(seed_job, result(value), SLOTS[0])
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "promote" and row.slot == "a0"

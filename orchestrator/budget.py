@@ -45,6 +45,12 @@ def startup_allowance(measured: list[float], floor: float) -> float:
     return max(STARTUP_MIN, STARTUP_MULTIPLE * max(measured))
 
 
+def overlap_on(setting: str, device: str) -> bool:
+    """Whether the next trial starts up while this one trains: on GPUs by default, never by default on CPU,
+    where the start-up and the judge would compete for the cores the training trial uses."""
+    return setting == "on" or (setting == "auto" and device == "cuda")
+
+
 def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, parent_curve=None) -> TrialSpec:
     """The TrialSpec for one run of a job on one actor slot (slot carries device, speed and factor)."""
     b, j, r = cfg.budget, cfg.judge, cfg.resources
@@ -76,5 +82,5 @@ def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, p
         parent_curve=list(parent_curve or []),
         early_stop_margin=cfg.selection.early_stop_margin,
         early_stop_min_progress=cfg.selection.early_stop_min_progress,
-        wait_for_go=r.overlap,
+        wait_for_go=overlap_on(r.overlap, slot["device"]),
     )

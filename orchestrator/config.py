@@ -14,6 +14,7 @@ from judge.spec import DataConfig, JudgeConfig
 from trainer.spec import BudgetConfig
 
 PROPOSERS = ("mutate", "agent", "inbox")
+YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
 
 # The built-in default is the CPU demo: the baseline train.py shrunk by these overrides
 # (configs/demo.yaml spells the same values out; a test keeps the two equal).
@@ -71,7 +72,8 @@ class ResourcesConfig:
     cpu_slots: int = 0                   # CPU mode: trial actors; 0 = one per two cores, at least 1
     threads_per_trial: int = 1           # CPU mode: torch threads of a trial
     max_retries: int = 2                 # re-dispatches of a trial lost to an infrastructure failure
-    overlap: bool = True                 # start trial k+1 while trial k is judged
+    overlap: str = "auto"                # on: trial k+1 starts up while k trains; auto: on for GPUs, off on CPU
+                                         # (on CPU the start-up and the judge would take cores from training)
     keep_scratch: bool = False
     log_cap_bytes: int = 4_000_000
 
@@ -151,6 +153,8 @@ def _build(cls, raw: dict, where: str, prefix: str):
                 raise ConfigError(f"{where}: key '{key}' must be a mapping, got {value!r}")
             values[name] = _build(kind, value, where, prefix=key + ".")
         else:
+            if kind is str and isinstance(value, bool) and key in YAML_SWITCHES:
+                value = "on" if value else "off"        # YAML reads a bare on/off as a boolean
             values[name] = _coerce(value, kind, where, key)
     return cls(**values)
 
@@ -215,6 +219,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     need(cfg.selection.noise_seeds >= 1, "selection.noise_seeds", "must be at least 1 (the baseline run)")
     need(cfg.selection.margin >= 0 and cfg.selection.margin_std >= 0, "selection.margin", "must be >= 0")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
+    need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.threads_per_trial >= 1, "resources.threads_per_trial", "must be at least 1")
     need(cfg.stop.max_trials >= 0, "stop.max_trials", "must be >= 0")
     if cfg.population.seed_train_py:

@@ -298,7 +298,9 @@ class Driver:
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:
-        per_actor = 3 if self.cfg.resources.overlap else 1   # one judged, one training, one starting up
+        device = self.slots[0]["device"] if self.slots else "cpu"
+        overlap = budget_rules.overlap_on(self.cfg.resources.overlap, device)
+        per_actor = 3 if overlap else 1           # one judged, one training, one starting up
         while self.ready:
             picked = self.next_dispatch(per_actor)
             if picked is None:

@@ -75,3 +75,10 @@ def test_budget_value_shorthand(tmp_path):
     assert cfg.budget.seconds == 120.0
     with pytest.raises(ConfigError, match="budget.value"):
         load(write(tmp_path, "budget: {kind: time, value: 120, seconds: 60}\n"))
+
+
+def test_overlap_switch_reads_yaml_on_off(tmp_path):
+    assert load(write(tmp_path, "resources: {overlap: on}\n")).resources.overlap == "on"
+    assert load(write(tmp_path, "resources: {overlap: off}\n")).resources.overlap == "off"
+    with pytest.raises(ConfigError, match="resources.overlap"):
+        load(write(tmp_path, "resources: {overlap: sometimes}\n"))

@@ -28,7 +28,7 @@ def small_config(tmp_path: Path, cache: Path, **stop) -> Path:
         "judge": {"seq_len": 64, "eval_tokens": 4096, "eval_batch": 8},
         "selection": {"noise_seeds": 2, "max_runs": 2, "cull_every": 3, "patience": 1},
         "stop": {"max_trials": 6, **stop},
-        "resources": {"device": "cpu", "cpu_slots": 2},
+        "resources": {"device": "cpu", "cpu_slots": 2, "overlap": "on"},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))

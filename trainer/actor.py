@@ -81,12 +81,17 @@ class TrialWorker:
             self._live.pop(spec.trial_id, None)
 
     def _run(self, spec: TrialSpec, on_event, state: dict) -> TrialResult:
-        """With overlap, the next trial starts up while this one still trains and is let go the moment
-        this one reports the end of its training; its judge then runs beside the next trial's training."""
-        if spec.wait_for_go:
-            self._wait_for_launch_slot(state)
-        state["phase"] = "starting"
-        state["t_launch"] = time.time()
+        """Without overlap a trial holds the device from launch to verdict. With overlap the next trial
+        starts up while this one still trains and takes the device at this one's finish event; this
+        one's judge then runs beside the next one's training."""
+        if not spec.wait_for_go:
+            with self._device:
+                state.update(phase="starting", t_launch=time.time())
+                partial = runner.launch(spec, on_event=on_event).supervise()
+                state["phase"] = "judging"
+                return runner.judge_trial(partial, spec)
+        self._wait_for_launch_slot(state)
+        state.update(phase="starting", t_launch=time.time())
         running = runner.launch(spec, on_event=on_event)
         self._device.acquire()
         released = threading.Event()

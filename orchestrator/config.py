@@ -88,7 +88,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(seq_len=128, eval_tokens=16384))
     proposers: ProposerConfig = field(default_factory=ProposerConfig)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2))
     stop: StopConfig = field(default_factory=lambda: StopConfig(max_trials=16))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source: str = ""                     # the file this config came from (set by load)

@@ -51,7 +51,8 @@ class Driver:
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
         self.references: set = set()        # (head hash, device kind) whose reference run was asked for
-        self.before_baseline: list = []     # (job, last result) judged before the seed's score existed
+        self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
+        self.culling = False
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
@@ -468,20 +469,37 @@ class Driver:
 
     def maybe_cull(self) -> None:
         sel = self.cfg.selection
-        if not selection.due_for_culling(self.candidates_finished, sel.cull_every):
+        if self.culling or not selection.due_for_culling(self.candidates_finished, sel.cull_every):
             return
+        self.culling = True
+        try:
+            self.cull()
+        finally:
+            self.culling = False
+
+    def cull(self) -> None:
+        """Retire the stale bottom members (none with a run on a device or awaiting a verdict) and fork
+        the top ones in their place; their queued candidates are stopped before they run."""
+        sel = self.cfg.selection
         self.refresh_head_scores()
         taken = set(self.archive.retired()) | set(self.archive.heads())
         plan = selection.cull_and_fork(self.states, sel.cull_fraction, sel.patience, self.rng, taken=taken)
-        busy = {job.member for job, _ in self.in_flight.values()} | {job.member for job in self.ready}
+        busy = {job.member for job, _ in self.in_flight.values()}
         busy |= {job.member for waiting in self.parked.values() for job, _, _ in waiting}
         busy |= {job.member for job, _, _ in self.before_baseline}
-        plan = [p for p in plan if p[0] not in busy]      # never retire a member with work in flight
+        plan = [p for p in plan if p[0] not in busy]
         for retire, fork_from, new_name in plan:
             self.archive.fork(new_name, fork_from)
             self.archive.retire(retire)
             self.say(f"cull: retired {retire}, forked {new_name} from {fork_from}")
         selection.apply_forks(self.states, plan, self.candidates_finished)
+        for retire, _, _ in plan:
+            for job in [j for j in self.ready if j.member == retire]:
+                self.ready.remove(job)
+                result = {"status": "stopped", "reason": f"member {retire} was retired before this candidate ran"}
+                job.runs.append(result)
+                self.finish_job(job, result, {"kind": "discard", "decided_by": "member retired",
+                                              "margin": 0.0, "runs": 0}, {})
 
     # ---- the loop -----------------------------------------------------------------------
     def should_stop(self) -> bool:

@@ -166,3 +166,22 @@ def test_candidate_finishing_before_the_seed_runs_waits_for_their_score(driver):
         driver.on_result(seed_job, result(value), SLOTS[0])
     row = rows(driver).loc[job.trial_id]
     assert row.verdict == "promote" and row.slot == "a0"
+
+
+def test_cull_retires_a_stale_member_forks_a_top_one_and_stops_its_queued_work(driver):
+    driver.cfg.selection.cull_every, driver.cfg.selection.patience = 4, 1
+    seed(driver)
+    candidate(driver, "m0", MATRIX_LR=0.03)
+    feed(driver, 1.80)                                                           # m0 improves
+    for lr in (0.01, 0.015):
+        candidate(driver, "m1", MATRIX_LR=lr)
+        feed(driver, 2.40)                                                       # m1 stalls twice
+    queued = candidate(driver, "m1", EMBED_LR=0.1)        # still in the queue when the cull comes
+    last = candidate(driver, "m0", EMBED_LR=0.3)
+    driver.ready.remove(last)
+    driver.on_result(last, result(2.5), SLOTS[0])         # the 4th candidate to finish: a cull
+    assert "m1" in driver.archive.retired() and "m1" not in driver.archive.heads()
+    (fork,) = [e for e in driver.archive.lineage() if e.forked_from]
+    assert fork.forked_from == "m0" and driver.archive.heads()[fork.member] == driver.archive.heads()["m0"]
+    row = rows(driver).loc[queued.trial_id]
+    assert row.status == "stopped" and "retired" in row.reason and queued not in driver.ready

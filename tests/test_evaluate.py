@@ -309,7 +309,6 @@ def test_run_judge_kills_a_hanging_candidate(data_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["read_val", "read_val_quietly"])
 def test_run_judge_sandbox_denies_reading_validation_data(data_dir, tmp_path, name):
-    pytest.importorskip("judge.guard")
     result = run_judge(CANDIDATES / f"{name}.py", embedding_weights(tmp_path), data_dir, CFG, threads=1)
     assert result["status"] == "invalid" and "val/tokens.bin" in result["reason"], result
     assert result["sandboxed"] is True

@@ -63,7 +63,6 @@ def leftover_scratch(spec: TrialSpec) -> list:
 # ---------------------------------------------------------------- real trials
 
 def test_baseline_trains_and_is_judged(tmp_path, data_spec, tiny_source):
-    pytest.importorskip("judge.evaluate")
     events = []
     spec = make_spec(tmp_path, data_spec.data_dir, source=tiny_source, budget_seconds=3.0,
                      finish_allowance=30.0, eval_tokens=2048, eval_batch=4, seq_len=64, probe_positions=2)
@@ -162,7 +161,6 @@ def test_early_stop_against_a_parent_curve(tmp_path, data_spec):
 
 def test_flops_mode_trains_to_its_flops_and_is_judged(tmp_path, data_spec):
     """Flops mode: the harness stops at the FLOPs budget; budget_seconds is only the wall-clock cap."""
-    pytest.importorskip("judge.evaluate")
     flops = 2e9
     spec = make_spec(tmp_path, data_spec.data_dir, "early_worse.py", budget_kind="flops", budget_flops=flops,
                      budget_seconds=60.0, finish_allowance=30.0, eval_tokens=1024, eval_batch=4, seq_len=32,

@@ -13,12 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator import budget as budget_rules
-from orchestrator import ledger, selection
+from orchestrator import selection
 from orchestrator.archive import Archive
 from orchestrator.config import Config, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
-                                     needs_reference, source_hash)
+                                     needs_reference, run_scores, source_hash)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 
@@ -409,8 +409,8 @@ class Driver:
                 and key not in self.references:
             self.ask_reference(job, head, key, slot)
             return
-        job.parent_source = self.archive.source(job.parent_commit)
-        verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs)
+        verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs,
+                            self.archive.source(job.parent_commit))
         if verdict["kind"] == "rerun":
             self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
             self.ready.appendleft(job)
@@ -540,16 +540,6 @@ def program_text(path: str) -> str:
     return p.read_text() if path and p.is_file() else BUILTIN_PROGRAM
 
 
-def run_scores(record: dict) -> list[float]:
-    """The val_bpb of each ok run a recorded verdict rests on."""
-    import json
-    if record.get("status") != "ok":
-        return []
-    if record.get("run_scores"):
-        return [float(v) for v in json.loads(record["run_scores"])]
-    return [float(record["val_bpb"])] if record.get("val_bpb") is not None else []
-
-
 def _id_number(trial_id: str) -> int:
     digits = "".join(ch for ch in trial_id.split(".")[0] if ch.isdigit())
     return int(digits) if digits else -1
@@ -584,7 +574,7 @@ def run(cfg: Config, out=sys.stdout) -> Path:
     try:
         driver.rebuild()
         ray = connect_ray(cfg)
-        driver.board = LiveBoard(out, cfg.budget.seconds)
+        driver.board = LiveBoard(out)
         driver.start_actors(ray)
         driver.loop(ray)
         driver.board.close()

@@ -34,13 +34,12 @@ def finished_line(row: dict) -> str:
 class LiveBoard:
     """Prints finished trials as they come and the actors' live lines."""
 
-    def __init__(self, out, budget_seconds: float):
+    def __init__(self, out):
         self.out = out
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.drawn = 0
         self.last_poll = 0.0
         self.last_log = time.time()
-        self.pending_ref = None
 
     def finished(self, row: dict) -> None:
         self._erase()

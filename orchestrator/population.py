@@ -3,20 +3,16 @@
 Plain data and pure functions, rebuilt from the archive's trial records; the Ray driver only moves data."""
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import time
 from dataclasses import dataclass, field
 
 from judge import verdict as judge_verdict
+from orchestrator.archive import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
 REFERENCE = "reference"      # proposer name of a head re-run on another device kind
-
-
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -74,6 +70,16 @@ class Scores:
         return None, ""
 
 
+def run_scores(record: dict) -> list[float]:
+    """The val_bpb of each run an ok trial record rests on (its run_scores list, else its val_bpb)."""
+    if record.get("status") != "ok":
+        return []
+    if isinstance(record.get("run_scores"), str) and record["run_scores"]:
+        return [float(v) for v in json.loads(record["run_scores"])]
+    value = record.get("val_bpb")
+    return [] if value is None or value != value else [float(value)]     # value != value: NaN from pandas
+
+
 def margin_for(cfg_selection, baseline_scores: list[float]) -> float:
     """Promotion margin from the seed's spread on one device kind (or the fixed value)."""
     if cfg_selection.margin > 0:
@@ -99,7 +105,7 @@ def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[float |
     return None, "no head score"
 
 
-def judge_job(job: Job, scores: Scores, head_hash: str, margin: float, max_runs: int) -> dict:
+def judge_job(job: Job, scores: Scores, head_hash: str, margin: float, max_runs: int, parent_source: str) -> dict:
     """Verdict for a job whose latest run finished: promote, discard, rerun, or the failure status."""
     last = job.runs[-1]
     if last.get("status") != "ok":
@@ -111,13 +117,9 @@ def judge_job(job: Job, scores: Scores, head_hash: str, margin: float, max_runs:
     if head is None:
         return {"kind": "discard", "decided_by": "no score for the head to compare with",
                 "margin": margin, "runs": len(values)}
-    seed_only = job.proposer != BASELINE and judge_verdict.is_seed_only_change(job_parent_source(job), job.source)
+    seed_only = job.proposer != BASELINE and judge_verdict.is_seed_only_change(parent_source, job.source)
     v = judge_verdict.decide(values, head, margin, max_runs, seed_only)
     return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "margin": v.margin, "runs": v.runs}
-
-
-def job_parent_source(job: Job) -> str:
-    return getattr(job, "parent_source", "") or ""
 
 
 def run_timelines(job: Job) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import os
 import statistics
 import time
@@ -23,7 +22,7 @@ from matplotlib.patches import Patch
 
 from orchestrator import ledger
 from orchestrator.archive import SEED_BRANCH, SHORT, Archive, LineageEntry, Pending, lock_holder
-from orchestrator.population import BASELINE
+from orchestrator.population import BASELINE, run_scores
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -48,15 +47,6 @@ class Snapshot(NamedTuple):
     pending_since: dict[str, float]      # trial id -> time the candidate was proposed
     head_scores: dict[str, float | None]  # member -> val_bpb of its head as judged (see head_score)
     baseline: list[float]                # val_bpb of every run of the seed (proposer "baseline")
-
-
-def run_scores(record) -> list[float]:
-    """The val_bpb of each run an ok record rests on (its run_scores list, else its val_bpb)."""
-    if record["status"] != "ok":
-        return []
-    if isinstance(record["run_scores"], str) and record["run_scores"]:
-        return [float(v) for v in json.loads(record["run_scores"])]
-    return [] if pd.isna(record["val_bpb"]) else [float(record["val_bpb"])]
 
 
 def baseline_scores(records: list[dict]) -> list[float]:

@@ -29,7 +29,7 @@ def driver(tmp_path):
     d = Driver(cfg, out=io.StringIO())
     d.open_archive()
     d.rebuild()
-    d.board = LiveBoard(d.out, 1.0)
+    d.board = LiveBoard(d.out)
     d.slots, d.actors, d.actor_load = SLOTS, [None, None], {0: 0, 1: 0}
     yield d
     d.archive.close()

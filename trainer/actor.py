@@ -37,7 +37,7 @@ class TrialWorker:
             from trainer.calibrate import measure_speed_isolated
             self._speed = float(measure_speed_isolated(self.device, threads=self.threads))
         return {"slot": self.slot, "node": socket.gethostname(), "device": self.device,
-                "device_name": device_name(self.device), "gpu_index": self.gpu_index, "speed": self._speed,
+                "device_name": runner.gpu_name(self.device, self.gpu_index), "gpu_index": self.gpu_index, "speed": self._speed,
                 "pid": os.getpid()}
 
     def ensure_data(self) -> str:
@@ -56,7 +56,7 @@ class TrialWorker:
         if self.device == "cuda":
             spec.gpu_index = self.gpu_index
         state = {"trial_id": spec.trial_id, "phase": "starting", "budget": spec.budget_seconds,
-                 "t0": time.time(), "progress": 0.0, "loss": None, **(meta or {})}
+                 "progress": 0.0, "loss": None, **(meta or {})}
         self._live[spec.trial_id] = state
 
         def on_event(event: dict) -> None:
@@ -126,16 +126,6 @@ class TrialWorker:
             if free or (until is not None and time.time() >= until - lead):
                 return
             time.sleep(POLL_SECONDS)
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        try:
-            import torch
-            return torch.cuda.get_device_name(0)
-        except Exception:
-            return "cuda"
-    return "cpu"
 
 
 def remote_worker_class(ray, num_gpus: float, num_cpus: float):

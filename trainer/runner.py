@@ -508,9 +508,14 @@ _DEVICE_NAMES: dict = {}
 
 def device_name(spec: TrialSpec) -> str:
     """The name of the trial's device, asked of nvidia-smi (no CUDA context in the runner); 'cpu' on CPU."""
-    if spec.device != "cuda":
+    return gpu_name(spec.device, spec.gpu_index)
+
+
+def gpu_name(device: str, gpu_index: str | None) -> str:
+    """The device's name by nvidia-smi for cuda (cached per index), 'cpu' otherwise."""
+    if device != "cuda":
         return "cpu"
-    index = spec.gpu_index if spec.gpu_index is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    index = gpu_index if gpu_index is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "0")
     index = str(index).split(",")[0] or "0"
     if index not in _DEVICE_NAMES:
         _DEVICE_NAMES[index] = _query_gpu_name(index)
@@ -545,4 +550,4 @@ def _last_lines(text: str, n: int = 20) -> str:
 
 
 __all__ = ["launch", "Running", "Partial", "judge_trial", "run_trial", "training_limit", "early_stop_check",
-           "parent_loss_at", "mfu", "peak_flops", "device_name", "base_env", "trial_env", "trial_command"]
+           "parent_loss_at", "mfu", "peak_flops", "device_name", "gpu_name", "base_env", "trial_env", "trial_command"]

@@ -28,15 +28,26 @@ def noise(df: pd.DataFrame) -> None:
 
 
 def actor_time(df: pd.DataFrame) -> None:
-    """Training share per actor: sum of training seconds / (last judge end - first launch)."""
+    """Training share per actor: sum of training seconds / (last judge end - first launch); the gaps between
+    one training's end and the next training's start on the same actor (the overhead a GPU sees per trial)."""
     runs = [r for t in df.timeline.dropna() for r in json.loads(t)]
     slots = sorted({r["slot"] for r in runs if r.get("slot")})
+    total_runs, total_train, first, last = 0, 0.0, float("inf"), 0.0
     for slot in slots:
-        mine = [r for r in runs if r.get("slot") == slot]
-        span = max(r.get("judge_end") or r.get("finish", 0) for r in mine) - min(r["launch"] for r in mine)
+        mine = sorted((r for r in runs if r.get("slot") == slot), key=lambda r: r.get("start") or r["launch"])
+        start, end = min(r["launch"] for r in mine), max(r.get("judge_end") or r.get("finish", 0) for r in mine)
         train = sum(r.get("training_seconds") or 0 for r in mine)
-        print(f"actor {slot}: runs={len(mine)} wall={span:.1f}s training={train:.1f}s "
-              f"share={train / span:.3f} runs/hour={3600 * len(mine) / span:.1f}")
+        gaps = [b["start"] - a["finish"] for a, b in zip(mine, mine[1:]) if a.get("finish") and b.get("start")]
+        gap = f" gap between trainings: median {statistics.median(gaps):.1f}s max {max(gaps):.1f}s" if gaps else ""
+        print(f"actor {slot}: runs={len(mine)} wall={end - start:.1f}s training={train:.1f}s "
+              f"share={train / (end - start):.3f} runs/hour={3600 * len(mine) / (end - start):.1f}{gap}")
+        total_runs, total_train = total_runs + len(mine), total_train + train
+        first, last = min(first, start), max(last, end)
+    if slots:
+        span = last - first
+        print(f"population: actors={len(slots)} runs={total_runs} wall={span:.1f}s "
+              f"runs/hour/actor={3600 * total_runs / span / len(slots):.1f} "
+              f"training share={total_train / span / len(slots):.3f}")
 
 
 if __name__ == "__main__":

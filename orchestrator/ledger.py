@@ -65,7 +65,7 @@ SCHEMA = pa.schema([
     ("infra_failures", pa.int64()),
     ("run_scores", pa.string()),
     ("slot", pa.string()),              # the trial actor (GPU or CPU slot) that ran the deciding run
-    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/start/finish/judge_start/judge_end        # JSON list: val_bpb of each run the verdict rests on
+    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end        # JSON list: val_bpb of each run the verdict rests on
 ])
 COLUMNS = tuple(SCHEMA.names)
 

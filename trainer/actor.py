@@ -14,6 +14,7 @@ from trainer.spec import TrialResult, TrialSpec
 LAUNCH_LEAD_SECONDS = 5.0       # the next trial is ready this long before the current one stops training
 FIRST_STARTUP_GUESS = 60.0      # before a start-up was measured here (compile of a fresh model)
 POLL_SECONDS = 0.2
+OOM_MARKS = ("OutOfMemoryError", "CUDA out of memory", "out of memory")
 
 
 class TrialWorker:
@@ -30,6 +31,9 @@ class TrialWorker:
         self._speed: float | None = None
         self._training_until: float | None = None  # when the trial that trains now should stop
         self._startups: list[float] = []           # launch-to-ready seconds of earlier trials here
+        self._pending: set[str] = set()            # launched here, not yet training
+        self._busy: set[str] = set()               # launched here and not yet judged
+        self._launch_lock = threading.Lock()
 
     def info(self) -> dict:
         """Node, device name and measured speed (calibrated once per worker)."""
@@ -64,6 +68,7 @@ class TrialWorker:
                 state.update(phase="ready", t_ready=time.time())
             elif event.get("event") == "start":
                 state.update(phase="training", t_start=time.time())
+                self._pending.discard(spec.trial_id)
                 self._training_until = time.time() + spec.budget_seconds
             elif event.get("event") == "progress":
                 state.update(progress=event.get("progress", 0.0), loss=event.get("loss"))
@@ -78,6 +83,8 @@ class TrialWorker:
         except Exception as exc:  # the runner itself failed: an infrastructure fault, not the candidate's
             return TrialResult(trial_id=spec.trial_id, status="infra", reason=f"runner error: {exc!r}").to_dict()
         finally:
+            self._pending.discard(spec.trial_id)
+            self._busy.discard(spec.trial_id)
             self._live.pop(spec.trial_id, None)
 
     def _run(self, spec: TrialSpec, on_event, state: dict) -> TrialResult:
@@ -86,14 +93,39 @@ class TrialWorker:
         one's judge then runs beside the next one's training."""
         if not spec.wait_for_go:
             with self._device:
-                state.update(phase="starting", t_launch=time.time())
-                partial = runner.launch(spec, on_event=on_event).supervise()
-                state["phase"] = "judging"
-                return runner.judge_trial(partial, spec)
+                partial = self._launch(spec, on_event, state).supervise()
+                return self._judge(partial, spec, state)
         self._wait_for_launch_slot(state)
+        running = self._launch(spec, on_event, state)
+        if self._acquire_unless_dead(running):
+            release = self._take_device(state)
+            try:
+                running.go()
+                partial = running.supervise()
+            finally:
+                release()
+        else:                      # died while starting up: collect it without taking the device
+            partial = running.supervise()
+        if state.get("t_ready"):
+            self._startups.append(state["t_ready"] - state["t_launch"])
+        if out_of_memory_at_startup(partial.result):    # still pending: nothing else launches meanwhile
+            partial = self._rerun_alone(spec, on_event, state, partial)
+        self._pending.discard(spec.trial_id)
+        return self._judge(partial, spec, state)
+
+    def _launch(self, spec: TrialSpec, on_event, state: dict):
         state.update(phase="starting", t_launch=time.time())
-        running = runner.launch(spec, on_event=on_event)
-        self._device.acquire()
+        state.pop("t_ready", None)
+        self._pending.add(spec.trial_id)
+        self._busy.add(spec.trial_id)
+        return runner.launch(spec, on_event=on_event)
+
+    def _judge(self, partial, spec: TrialSpec, state: dict) -> TrialResult:
+        state["phase"] = "judging"
+        return runner.judge_trial(partial, spec)
+
+    def _take_device(self, state: dict):
+        """The device is held (acquired by the caller): returns the one-shot release, also kept in state."""
         released = threading.Event()
 
         def release() -> None:
@@ -103,29 +135,59 @@ class TrialWorker:
                 self._device.release()
 
         state["release"] = release
+        return release
+
+    def _acquire_unless_dead(self, running) -> bool:
+        """Wait for the device; False (device not taken) if the trial's process ends first."""
+        while not self._device.acquire(timeout=POLL_SECONDS):
+            if running.proc.poll() is not None:
+                return False
+        return True
+
+    def _rerun_alone(self, spec: TrialSpec, on_event, state: dict, first):
+        """Out of memory while starting up beside other trials is not the candidate's fault: run it once
+        more with the device to itself (no trial training, starting up or being judged here)."""
+        self._device.acquire()
+        release = self._take_device(state)
         try:
+            while self._busy - {spec.trial_id}:
+                time.sleep(POLL_SECONDS)
+            running = self._launch(spec, on_event, state)
             running.go()
             partial = running.supervise()
         finally:
             release()
-        state["phase"] = "judging"
-        result = runner.judge_trial(partial, spec)
-        if state.get("t_ready"):
-            self._startups.append(state["t_ready"] - state["t_launch"])
-        return result
+            self._pending.discard(spec.trial_id)
+        partial.result.timeline["first_attempt"] = {k: v for k, v in first.result.timeline.items()
+                                                    if isinstance(v, float)}
+        partial.result.timeline["retried_alone"] = "out of memory while starting up beside other trials"
+        return partial
 
     def _wait_for_launch_slot(self, state: dict) -> None:
-        """Block until the trial that trains now is within one start-up time of its end (or the device is free)."""
+        """Block until no other trial is starting up here and the one that trains now is within one
+        start-up time of its end (or the device is free)."""
         state["phase"] = "queued"
         while True:
-            until = self._training_until
-            lead = LAUNCH_LEAD_SECONDS + (max(self._startups[-5:]) if self._startups else FIRST_STARTUP_GUESS)
-            free = self._device.acquire(blocking=False)
-            if free:
-                self._device.release()
-            if free or (until is not None and time.time() >= until - lead):
-                return
+            with self._launch_lock:                      # check and claim the start-up place at once
+                if not self._pending and self._launch_due():
+                    self._pending.add(state["trial_id"])
+                    return
             time.sleep(POLL_SECONDS)
+
+    def _launch_due(self) -> bool:
+        free = self._device.acquire(blocking=False)
+        if free:
+            self._device.release()
+            return True
+        until = self._training_until
+        lead = LAUNCH_LEAD_SECONDS + (max(self._startups[-5:]) if self._startups else FIRST_STARTUP_GUESS)
+        return until is not None and time.time() >= until - lead
+
+
+def out_of_memory_at_startup(result: TrialResult) -> bool:
+    """A crash before training started whose log says the device ran out of memory."""
+    return (result.status == "crash" and "start" not in result.timeline
+            and any(mark in result.log_tail for mark in OOM_MARKS))
 
 
 def remote_worker_class(ray, num_gpus: float, num_cpus: float):

@@ -180,7 +180,7 @@ class Running:
         self.log = _CappedLog(scratch / "train.log", spec.log_cap_bytes)
         self.events = _EventLines()
         self.timeline: dict = {}
-        self.t_launch = self.t_go = self.t_start = self.t_finish = None
+        self.t_launch = self.t_go = self.t_ready = self.t_start = self.t_finish = None
         self.finish_event: dict = {}
         self.curve: list = []
         self._above = 0
@@ -298,6 +298,9 @@ class Running:
             self.t_finish = mono
             self.timeline["finish"] = wall
             self.finish_event = event
+        elif kind == "ready" and self.t_ready is None:
+            self.t_ready = mono
+            self.timeline["ready"] = wall
         elif kind == "progress" and self.t_start is not None and self.t_finish is None:
             self._progress(event)
         if self.on_event is not None:
@@ -365,7 +368,7 @@ class Running:
         return TrialResult(
             trial_id=spec.trial_id, status=status, reason=reason,
             training_seconds=(self.t_finish - self.t_start) if started and self.t_finish else 0.0,
-            startup_seconds=(self.t_start - self.t_launch) if started else 0.0,
+            startup_seconds=((self.t_ready or self.t_start) - self.t_launch) if started else 0.0,
             total_seconds=time.monotonic() - self.t_launch,
             budget_seconds=spec.budget_seconds, budget_kind=spec.budget_kind,
             peak_vram_mb=_number(fin.get("peak_vram_mb")) or 0.0,

@@ -76,7 +76,7 @@ class TrialResult:
     val_bpb: float | None = None         # from the judge
     val_loss: float | None = None        # mean nats per token, from the judge
     training_seconds: float = 0.0        # runner's clock: start event to finish event
-    startup_seconds: float = 0.0         # runner's clock: launch to start event
+    startup_seconds: float = 0.0         # runner's clock: launch to ready event (overlap) or start event
     judge_seconds: float = 0.0
     total_seconds: float = 0.0
     budget_seconds: float = 0.0
@@ -90,7 +90,7 @@ class TrialResult:
     device: str = ""                     # device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu"
     seed: int = 0
     loss_curve: list = field(default_factory=list)   # [(progress, loss)] as reported
-    timeline: dict = field(default_factory=dict)     # wall-clock stamps: launch, start, finish, judge_start, judge_end
+    timeline: dict = field(default_factory=dict)     # wall-clock stamps: launch, ready, go, start, finish, judge_start, judge_end
     log_tail: str = ""
 
     def to_dict(self) -> dict:

@@ -40,10 +40,16 @@ def startup_allowance(measured: list[float], floor: float) -> float:
     return calibrate.startup_allowance(measured, STARTUP_MIN, STARTUP_MULTIPLE)
 
 
-def overlap_on(setting: str, device: str) -> bool:
-    """Whether the next trial starts up while this one trains: on GPUs by default, never by default on CPU,
-    where the start-up and the judge would compete for the cores the training trial uses."""
-    return setting == "on" or (setting == "auto" and device == "cuda")
+def overlap_on(setting: str, slot: dict) -> bool:
+    """Whether the next trial starts up while this one trains. `auto`: on GPUs, and on CPU only where each
+    slot has a spare core for its neighbours' start-up and judge (else they would slow the trial that trains)."""
+    return setting == "on" or (setting == "auto" and (slot.get("device") == "cuda" or bool(slot.get("spare_core"))))
+
+
+def cpu_slots(configured: int, cores: int, threads: int) -> tuple[int, bool]:
+    """CPU mode: how many trial actors, and whether each has a spare core (default: one slot per 2 x threads)."""
+    n = configured or max(1, cores // (2 * threads))
+    return n, cores >= 2 * n * threads
 
 
 def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, parent_curve=None) -> TrialSpec:
@@ -76,5 +82,5 @@ def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, p
         parent_curve=list(parent_curve or []),
         early_stop_margin=cfg.selection.early_stop_margin,
         early_stop_min_progress=cfg.selection.early_stop_min_progress,
-        wait_for_go=overlap_on(r.overlap, slot["device"]),
+        wait_for_go=overlap_on(r.overlap, slot),
     )

@@ -69,11 +69,11 @@ class StopConfig:
 @dataclass
 class ResourcesConfig:
     device: str = "auto"                 # auto | cuda | cpu
-    cpu_slots: int = 0                   # CPU mode: trial actors; 0 = one per two cores, at least 1
+    cpu_slots: int = 0                   # CPU mode: trial actors; 0 = one per 2 x threads_per_trial cores
     threads_per_trial: int = 1           # CPU mode: torch threads of a trial
     max_retries: int = 2                 # re-dispatches of a trial lost to an infrastructure failure
-    overlap: str = "auto"                # on: trial k+1 starts up while k trains; auto: on for GPUs, off on CPU
-                                         # (on CPU the start-up and the judge would take cores from training)
+    overlap: str = "auto"                # on: trial k+1 starts up while k trains; auto: on for GPUs, and on CPU
+                                         # where each slot has a spare core for the start-up and the judge
     keep_scratch: bool = False
     log_cap_bytes: int = 4_000_000
 

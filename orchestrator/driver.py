@@ -139,11 +139,12 @@ class Driver:
         use_cuda = cfg.resources.device == "cuda" or (cfg.resources.device == "auto" and gpus > 0)
         if cfg.resources.device == "cuda" and gpus == 0:
             raise RuntimeError("resources.device is cuda but the Ray cluster has no GPU")
+        spare = True
         if use_cuda:
             n, cls = gpus, remote_worker_class(ray, num_gpus=1, num_cpus=1)
         else:
-            cpus = int(resources.get("CPU", 1))
-            n = cfg.resources.cpu_slots or max(1, cpus // cfg.resources.threads_per_trial)
+            n, spare = budget_rules.cpu_slots(cfg.resources.cpu_slots, int(resources.get("CPU", 1)),
+                                              cfg.resources.threads_per_trial)
             cls = remote_worker_class(ray, num_gpus=0, num_cpus=cfg.resources.threads_per_trial)
         device = "cuda" if use_cuda else "cpu"
         data = asdict(cfg.data)
@@ -156,6 +157,7 @@ class Driver:
             info["measured_speed"] = info["speed"]
             info["speed"] = kinds[info["device_name"]]
             info["budget_factor"] = budget_rules.budget_factor(ref, info["speed"])
+            info["spare_core"] = spare
         self.slots = infos
         self.actor_load = {i: 0 for i in range(n)}
         for i in infos:
@@ -299,8 +301,7 @@ class Driver:
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:
-        device = self.slots[0]["device"] if self.slots else "cpu"
-        overlap = budget_rules.overlap_on(self.cfg.resources.overlap, device)
+        overlap = budget_rules.overlap_on(self.cfg.resources.overlap, self.slots[0] if self.slots else {})
         per_actor = 3 if overlap else 1           # one judged, one training, one starting up
         while self.ready:
             picked = self.next_dispatch(per_actor)

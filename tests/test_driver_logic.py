@@ -185,3 +185,15 @@ def test_cull_retires_a_stale_member_forks_a_top_one_and_stops_its_queued_work(d
     assert fork.forked_from == "m0" and driver.archive.heads()[fork.member] == driver.archive.heads()["m0"]
     row = rows(driver).loc[queued.trial_id]
     assert row.status == "stopped" and "retired" in row.reason and queued not in driver.ready
+
+
+def test_cpu_slots_keep_a_spare_core_and_auto_overlap_follows_it():
+    from orchestrator.budget import cpu_slots, overlap_on
+    assert cpu_slots(0, cores=2, threads=1) == (1, True)       # the demo on 2 cores: one slot, one spare core
+    assert cpu_slots(0, cores=16, threads=2) == (4, True)
+    assert cpu_slots(0, cores=1, threads=1) == (1, False)      # one core: no room to overlap
+    assert cpu_slots(2, cores=2, threads=1) == (2, False)      # slots asked for by the config use every core
+    assert overlap_on("auto", {"device": "cpu", "spare_core": True})
+    assert not overlap_on("auto", {"device": "cpu", "spare_core": False})
+    assert overlap_on("auto", {"device": "cuda"}) and overlap_on("on", {"device": "cpu"})
+    assert not overlap_on("off", {"device": "cuda", "spare_core": True})

@@ -308,7 +308,7 @@ class Driver:
             if picked is None:
                 return
             job, i = picked
-            if self.try_reuse(job):
+            if self.try_reuse(job, self.slots[i]):
                 continue
             slot = self.slots[i]
             device = slot["device_name"]
@@ -333,14 +333,16 @@ class Driver:
                     return job, i
         return None
 
-    def try_reuse(self, job: Job) -> bool:
-        """A byte-identical candidate already judged on this device kind is not trained again."""
+    def try_reuse(self, job: Job, slot: dict) -> bool:
+        """A byte-identical candidate already judged is not trained again: the earlier result on this slot's
+        device kind is reused, else the one on any other kind."""
         if job.proposer == BASELINE or job.runs:
             return False
-        device = self.slots[0]["device_name"]
-        key = (job.hash, device)
-        if key not in self.scores.trial_of:
+        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash)
+        if not judged:
             return False
+        device = slot["device_name"] if slot["device_name"] in judged else judged[0]
+        key = (job.hash, device)
         earlier = self.scores.trial_of[key]
         values = self.scores.by_source.get(key, [])
         result = {"status": "ok" if values else "crash", "device": device,
@@ -349,7 +351,8 @@ class Driver:
         job.runs.append(result)
         verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)",
                    "margin": self.margins.get(device, 0.0), "runs": 0}
-        self.finish_job(job, result, verdict, self.slots[0], reused_from=earlier)
+        its_slot = next((s for s in self.slots if s["device_name"] == device), slot)
+        self.finish_job(job, result, verdict, its_slot, reused_from=earlier)
         return True
 
     def harvest(self, ray) -> None:

@@ -127,6 +127,19 @@ def test_byte_identical_candidate_is_not_trained_again(driver):
     assert not driver.ready and not driver.in_flight
 
 
+
+def test_repeat_is_reused_from_another_device_kind(driver):
+    """Judged on cpu-b only; the repeat is picked for a cpu-a actor and still not trained again."""
+    seed(driver)
+    first = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 2.20, device="cpu-b", slot=1)
+    feed(driver, 2.40, device="cpu-b", slot=1)          # the head's reference run on cpu-b decides it
+    again = candidate(driver, MATRIX_LR=0.03)
+    driver.dispatch()
+    row = rows(driver).loc[again.trial_id]
+    assert row.reused_from == first.trial_id and row.device == "cpu-b" and row.slot == "b0"
+    assert not driver.in_flight
+
 def test_flops_budget_caps_time_by_device_speed():
     from orchestrator import budget
     from orchestrator.population import Job

@@ -73,6 +73,7 @@ def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, p
         finish_allowance=b.finish_allowance,
         overrun_tolerance=b.overrun_tolerance,
         keep_scratch=r.keep_scratch,
+        compile_scope=job.member if r.compile_cache == "member" else "",
         log_cap_bytes=r.log_cap_bytes,
         seq_len=j.seq_len,
         eval_tokens=j.eval_tokens,

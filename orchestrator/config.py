@@ -74,6 +74,7 @@ class ResourcesConfig:
     max_retries: int = 2                 # re-dispatches of a trial lost to an infrastructure failure
     overlap: str = "auto"                # on: trial k+1 starts up while k trains; auto: on for GPUs, and on CPU
                                          # where each slot has a spare core for the start-up and the judge
+    compile_cache: str = "member"        # torch.compile cache shared by: member (its trials only) | node (all)
     keep_scratch: bool = False
     log_cap_bytes: int = 4_000_000
 
@@ -220,6 +221,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     need(cfg.selection.margin >= 0 and cfg.selection.margin_std >= 0, "selection.margin", "must be >= 0")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
+    need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")
     need(cfg.resources.threads_per_trial >= 1, "resources.threads_per_trial", "must be at least 1")
     need(cfg.stop.max_trials >= 0, "stop.max_trials", "must be >= 0")
     if cfg.population.seed_train_py:

@@ -210,3 +210,12 @@ def test_cpu_slots_keep_a_spare_core_and_auto_overlap_follows_it():
     assert not overlap_on("auto", {"device": "cpu", "spare_core": False})
     assert overlap_on("auto", {"device": "cuda"}) and overlap_on("on", {"device": "cpu"})
     assert not overlap_on("off", {"device": "cuda", "spare_core": True})
+
+
+def test_trial_spec_scopes_the_compile_cache_to_the_member(driver):
+    from orchestrator import budget
+    job = candidate(driver, member="m1", MATRIX_LR=0.03)
+    spec = budget.trial_spec(driver.cfg, job, SLOTS[0], "/data", 1, 60.0)
+    assert spec.compile_scope == "m1"
+    driver.cfg.resources.compile_cache = "node"
+    assert budget.trial_spec(driver.cfg, job, SLOTS[0], "/data", 1, 60.0).compile_scope == ""

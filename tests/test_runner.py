@@ -234,6 +234,12 @@ def test_trial_env_is_clean_and_complete(tmp_path, monkeypatch):
     assert runner.trial_env(gpu, tmp_path, "tok")["CUDA_VISIBLE_DEVICES"] == "3"
     monkeypatch.setenv("POPSEARCH_COMPILE_CACHE", str(tmp_path / "cc"))
     assert runner.trial_env(spec, tmp_path, "tok")["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cc")
+    # a member's trials (and their judges) share a compile cache that other members' trials never load
+    spec.compile_scope = "m1"
+    assert runner.trial_env(spec, tmp_path, "tok")["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cc" / "m1")
+    spec.compile_scope = "../m0"
+    with pytest.raises(ValueError, match="compile_scope"):
+        runner.trial_env(spec, tmp_path, "tok")
 
 
 def test_signal_name_in_crash_reason(tmp_path, fake_data, unsandboxed):

@@ -50,6 +50,7 @@ class TrialSpec:
     overrun_tolerance: float = 0.05
     scratch_root: str = ""               # '' -> a temp folder
     keep_scratch: bool = False
+    compile_scope: str = ""              # sub-folder of the node's compile cache ('' = the whole node shares one)
     log_cap_bytes: int = 4_000_000       # the trial's log is cut beyond this
     # judge settings (JudgeConfig fields, copied so the spec is self-contained)
     seq_len: int = 256

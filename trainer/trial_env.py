@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 from judge.spec import ENV_CACHE, ENV_TRAIN_DIR, ENV_WEIGHTS
@@ -19,6 +20,9 @@ PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "LD_LIBRA
 PASS_ENV_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_", "KERNELS_")   # operator settings of the node
 
 
+SCOPE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
 def cache_root(spec: TrialSpec) -> Path:
     """CACHE of the data layout CACHE/data/<fingerprint>; else $POPSEARCH_CACHE or ~/.cache/popsearch."""
     data = Path(spec.data_dir).resolve()
@@ -28,8 +32,15 @@ def cache_root(spec: TrialSpec) -> Path:
 
 
 def compile_cache(spec: TrialSpec) -> str:
-    """The per-node torch.compile cache shared by trials and judges: $POPSEARCH_COMPILE_CACHE or CACHE/inductor."""
-    return os.environ.get(ENV_COMPILE_CACHE) or str(cache_root(spec) / "inductor")
+    """The torch.compile cache of this trial and its judge: $POPSEARCH_COMPILE_CACHE or CACHE/inductor, narrowed
+    to spec.compile_scope (a member), so a candidate cannot plant compiled code in other members' trials."""
+    root = os.environ.get(ENV_COMPILE_CACHE) or str(cache_root(spec) / "inductor")
+    scope = spec.compile_scope
+    if not scope:
+        return root
+    if not SCOPE_NAME.fullmatch(scope):
+        raise ValueError(f"compile_scope {scope!r}: letters, digits, '-', '_' and '.' only")
+    return str(Path(root) / scope)
 
 
 def _package_root() -> str:

@@ -64,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", help="YAML config (default: the built-in CPU demo)")
     pr.set_defaults(func=cmd_prepare)
 
+    ca = sub.add_parser("calibrate", help="this device's speed on the fixed reference workload "
+                                          "(the number budget.reference_speed takes)")
+    ca.add_argument("--device", help="cuda | cpu (default: cuda when there is one)")
+    ca.add_argument("--repeats", type=int, help="timed repeats (the median is the speed)")
+    ca.set_defaults(func=cmd_calibrate)
+
     rp = sub.add_parser("repair", help="rebuild the ledger from the archive's commit trailers")
     rp.add_argument("archive")
     rp.set_defaults(func=cmd_repair)
@@ -125,6 +131,13 @@ def cmd_repair(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from trainer import calibrate
+    argv = (["--device", args.device] if args.device else []) + (["--repeats", str(args.repeats)] if args.repeats else [])
+    calibrate.main(argv)
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from judge.prepare import prepare
     cfg = load(args.config)
@@ -151,7 +164,7 @@ def cmd_trial(args) -> int:
     if device == "auto":
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    job = Job(trial_id="trial", member="-", parent_commit="", commit="", source=source, proposer="cli", message="")
+    job = Job(trial_id="trial", member="cli", parent_commit="", commit="", source=source, proposer="cli", message="")
     slot = {"device": device, "budget_factor": 1.0, "gpu_index": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if cfg.budget.kind == "flops":
         from trainer.calibrate import measure_speed_isolated

@@ -246,3 +246,20 @@ def test_signal_name_in_crash_reason(tmp_path, fake_data, unsandboxed):
     source = "import os, signal\nif __name__ == '__main__':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
     result = run_trial(make_spec(tmp_path, fake_data, source=source))
     assert result.status == "crash" and signal.SIGKILL.name in result.reason
+
+
+def test_weights_are_frozen_at_the_finish_event(tmp_path, data_spec):
+    """Training on after trial.finish() and handing over other weights changes nothing that is judged; a
+    trial still running long after its finish event is timed out; one without weights at finish crashes."""
+    base = (CANDIDATES / "early_worse.py").read_text()
+    swap = base + ("    import os\n    path = os.environ['POPSEARCH_WEIGHTS']\n"
+                   "    open(path + '.new', 'wb').write(b'not a state dict')\n    os.replace(path + '.new', path)\n")
+    kw = dict(eval_tokens=1024, eval_batch=4, seq_len=32, probe_positions=2)
+    result = run_trial(make_spec(tmp_path / "a", data_spec.data_dir, source=swap, **kw))
+    assert result.status == "ok" and result.val_bpb is not None, result.reason + result.log_tail
+    linger = base + "    import time\n    time.sleep(30)\n"
+    result = run_trial(make_spec(tmp_path / "b", data_spec.data_dir, source=linger, finish_allowance=2.0, **kw))
+    assert result.status == "timeout" and "after its finish event" in result.reason
+    no_model = base.replace("trial.start(model)", "trial.start()")
+    result = run_trial(make_spec(tmp_path / "c", data_spec.data_dir, source=no_model, **kw))
+    assert result.status == "crash" and "no weights file" in result.reason and "trial.start(model)" in result.reason

@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from judge.handoff import hand_off
+from judge.spec import ENV_WEIGHTS
 from trainer import spec
 
 RUNNER_GONE_EXIT = 75          # exit code when the events pipe broke (the runner died)
@@ -42,6 +44,7 @@ class Trial:
         self._events_fd = int(fd) if fd else None
         go = env.get(spec.ENV_GO_FD)
         self._go_fd = int(go) if go else None
+        self._model: torch.nn.Module | None = None
         self.n_params = 0
         self.steps = 0
         self.tokens = 0
@@ -57,6 +60,7 @@ class Trial:
         """Count params, wait for the runner's go byte (if any), start the clock, emit 'start'."""
         if model is not None:
             self.n_params = sum(p.numel() for p in model.parameters())
+            self._model = model
         if self.budget_kind == "flops" and self.n_params == 0:
             raise ValueError("flops mode: pass the model to trial.start(model) so its params can be counted")
         if self._go_fd is not None:
@@ -97,14 +101,19 @@ class Trial:
         return self.progress() >= 1.0
 
     def finish(self, **stats) -> dict:
-        """Emit 'finish' with steps, tokens, peak VRAM, backend and any extra stats; returns the event."""
+        """Hand the model of start(model) over to the judge, then emit 'finish' with steps, tokens, peak VRAM,
+        backend and any extra stats; returns the event. The runner freezes the weights at this event, so
+        training on after it changes nothing that is judged."""
         peak = 0.0
         if self.device_type == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() / 2**20
+        seconds = self.elapsed()
+        if self._model is not None and os.environ.get(ENV_WEIGHTS):
+            hand_off(self._model)
         event = {"event": "finish", "steps": self.steps, "tokens": self.tokens,
                  "peak_vram_mb": peak, "backend": stats.pop("backend", ""),
-                 "train_seconds": self.elapsed(), **stats}
+                 "train_seconds": seconds, **stats}
         self._emit(event)
         return event
 

@@ -11,6 +11,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,8 @@ class Running:
         self.curve: list = []
         self._above = 0
         self._stop_reason = ""
+        self.snapshot = scratch.with_name(scratch.name + ".weights.pt")   # out of the candidate's reach
+        self.weights_problem = "exited without a finish event (trial.finish() was not called)"
         self._go_fd: int | None = None
         self._go_lock = threading.Lock()
 
@@ -270,7 +273,7 @@ class Running:
             outcome = self._classify(code)
         if self.t_start is not None and self.t_finish is None and outcome[0] in ("timeout", "stopped"):
             self.t_finish = t_end
-        return Partial(self._result(*outcome), self.scratch, self.scratch / "weights.pt", self.t_launch, killed)
+        return Partial(self._result(*outcome), self.scratch, self.snapshot, self.t_launch, killed)
 
     def _close_pipes(self) -> None:
         self._event_pump.finish(DRAIN_SECONDS)
@@ -298,6 +301,7 @@ class Running:
             self.t_finish = mono
             self.timeline["finish"] = wall
             self.finish_event = event
+            self.weights_problem = snapshot_weights(self.scratch / "weights.pt", self.snapshot)
         elif kind == "ready" and self.t_ready is None:
             self.t_ready = mono
             self.timeline["ready"] = wall
@@ -331,6 +335,9 @@ class Running:
             return ("timeout", f"no start event within the start-up allowance of {spec.startup_allowance:.1f} s "
                                f"(runner's clock)")
         train_limit = training_limit(spec)
+        if self.t_finish is not None and now - self.t_finish > spec.finish_allowance:
+            return ("timeout", f"still running {spec.finish_allowance:.1f} s after its finish event "
+                               f"(the finish allowance, runner's clock)")
         if self.t_start is not None and now - self.t_start > train_limit + spec.finish_allowance:
             return ("timeout", f"not finished {train_limit + spec.finish_allowance:.1f} s after its start event "
                                f"(budget {spec.budget_seconds:.1f} s x (1 + {spec.overrun_tolerance}) "
@@ -357,9 +364,8 @@ class Running:
         if seconds > limit:
             return ("invalid", f"trained past its budget: {seconds:.2f} s between start and finish events "
                                f"> {limit:.2f} s allowed (runner's clock)")
-        weights = self.scratch / "weights.pt"
-        if not weights.is_file() or weights.is_symlink():
-            return ("crash", f"no weights file {weights.name} handed over (hand_off(model) not called?)")
+        if self.weights_problem:
+            return ("crash", self.weights_problem)
         return ("ok", "")
 
     def _result(self, status: str, reason: str) -> TrialResult:
@@ -409,6 +415,7 @@ def judge_trial(partial: Partial, spec: TrialSpec) -> TrialResult:
         if not spec.keep_scratch:
             shutil.rmtree(partial.scratch, ignore_errors=True)
             violations_path(partial.scratch).unlink(missing_ok=True)
+            Path(partial.weights).unlink(missing_ok=True)
             if judge_dir is not None:
                 shutil.rmtree(judge_dir, ignore_errors=True)
     result.total_seconds = time.monotonic() - partial.t_launch
@@ -454,6 +461,22 @@ def run_trial(spec: TrialSpec, on_event=None) -> TrialResult:
 
 
 # ---------------------------------------------------------------- rules and arithmetic
+
+def snapshot_weights(handed: Path, snapshot: Path) -> str:
+    """Copy the weights handed over at the finish event out of the trial's reach (later writes to its own
+    file change nothing that is judged); '' on success, else the problem."""
+    try:
+        fd = os.open(handed, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        return (f"no weights file {handed.name} at the finish event ({exc.strerror}; "
+                f"was the model passed to trial.start(model)?)")
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            return f"{handed.name} is not a regular file"
+        with open(snapshot, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+    return ""
+
 
 def training_limit(spec: TrialSpec) -> float:
     """Longest allowed time between the start and finish events, runner's clock (budget + tolerance).

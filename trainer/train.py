@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from judge.handoff import hand_off
 from judge.loader import TrainingBatches, data_info
 from trainer.attention import attention, backend_name
 from trainer.harness import Trial
@@ -318,7 +317,6 @@ def main():
     final = trial.finish(backend=backend_name(trial.device_type), loss=float(loss.item()), params=n_params)
     print(f"done: {final['steps']} steps, {final['tokens']:,} tokens in {final['train_seconds']:.1f}s, "
           f"final loss {final['loss']:.4f}, peak vram {final['peak_vram_mb']:.0f} MB, backend {final['backend']}")
-    hand_off(model)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Test candidate: a learner that is clearly worse than any real one (a bigram model with a tiny learning rate).
 
 Its loss stays near ln(vocab), far above a parent's curve: early stopping must stop it."""
-import os
 
 import torch
 
@@ -35,4 +34,3 @@ if __name__ == "__main__":
         opt.zero_grad(set_to_none=True)
         trial.step(tokens=x.numel(), loss=loss)
     trial.finish()
-    torch.save(model.state_dict(), os.environ["POPSEARCH_WEIGHTS"])

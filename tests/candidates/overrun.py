@@ -1,7 +1,6 @@
 """Test candidate: ignores its budget and keeps training three times as long, then finishes normally.
 
 The runner's clock must catch it: status 'invalid' (trained past its budget) or 'timeout'."""
-import os
 import time
 
 import torch
@@ -19,4 +18,3 @@ if __name__ == "__main__":
         trial.step(tokens=1, loss=1.0)
         time.sleep(0.01)
     trial.finish()
-    torch.save(model.state_dict(), os.environ["POPSEARCH_WEIGHTS"])

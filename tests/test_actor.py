@@ -65,7 +65,8 @@ def run_all(worker, specs: list[dict]) -> dict:
 def test_only_one_trial_starts_up_beside_the_one_training(data_spec, tiny_source):
     """Three trials submitted at once: the third is launched only once the second trains, so at most one
     start-up (and its device memory) sits beside the training trial."""
-    results = run_all(TrialWorker("cpu0", "cpu"), [spec(t, tiny_source, data_spec) for t in ("a", "b", "c")])
+    worker = TrialWorker("cpu0", "cpu")
+    results = run_all(worker, [spec(t, tiny_source, data_spec, seconds=6.0) for t in ("a", "b", "c")])
     assert all(r["status"] == "ok" for r in results.values()), results
     first, second, third = sorted((r["timeline"] for r in results.values()), key=lambda t: t["launch"])
     assert second["launch"] >= first["start"] - 0.3
@@ -73,6 +74,8 @@ def test_only_one_trial_starts_up_beside_the_one_training(data_spec, tiny_source
     assert third["launch"] < second["finish"]         # still early: it starts up while the second trains
     for r in results.values():                        # start-up is launch to ready, not the wait for go
         assert abs(r["startup_seconds"] - (r["timeline"]["ready"] - r["timeline"]["launch"])) < 0.5
+    measured = sorted(r["timeline"]["ready"] - r["timeline"]["launch"] for r in results.values())
+    assert max(abs(a - b) for a, b in zip(sorted(worker._startups), measured)) < 0.5   # the launch lead's input
 
 
 def test_out_of_memory_while_starting_beside_others_reruns_alone(data_spec, tiny_source):

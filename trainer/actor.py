@@ -52,7 +52,8 @@ class TrialWorker:
         return spec.data_dir
 
     def live(self) -> dict:
-        return {k: {name: value for name, value in v.items() if not callable(value)} for k, v in self._live.items()}
+        return {k: {name: value for name, value in dict(v).items() if not callable(value)}
+                for k, v in list(self._live.items())}
 
     def run(self, spec_dict: dict, meta: dict | None = None) -> dict:
         """Run one trial; returns TrialResult as a dict (never raises for the candidate's faults)."""
@@ -66,13 +67,13 @@ class TrialWorker:
         def on_event(event: dict) -> None:
             if event.get("event") == "ready":
                 state.update(phase="ready", t_ready=time.time())
-            elif event.get("event") == "start":
+            elif event.get("event") == "start" and "t_start" not in state:
                 state.update(phase="training", t_start=time.time())
                 self._pending.discard(spec.trial_id)
                 self._training_until = time.time() + spec.budget_seconds
             elif event.get("event") == "progress":
                 state.update(progress=event.get("progress", 0.0), loss=event.get("loss"))
-            elif event.get("event") == "finish":
+            elif event.get("event") == "finish" and state.get("phase") == "training":
                 state.update(phase="judging")
                 release = state.get("release")
                 if release:
@@ -106,8 +107,9 @@ class TrialWorker:
                 release()
         else:                      # died while starting up: collect it without taking the device
             partial = running.supervise()
-        if state.get("t_ready"):
-            self._startups.append(state["t_ready"] - state["t_launch"])
+        stamps = partial.result.timeline       # the runner's stamps: the actor sees "ready" only at go
+        if "ready" in stamps:
+            self._startups.append(stamps["ready"] - stamps["launch"])
         if out_of_memory_at_startup(partial.result):    # still pending: nothing else launches meanwhile
             partial = self._rerun_alone(spec, on_event, state, partial)
         self._pending.discard(spec.trial_id)
@@ -116,6 +118,7 @@ class TrialWorker:
     def _launch(self, spec: TrialSpec, on_event, state: dict):
         state.update(phase="starting", t_launch=time.time())
         state.pop("t_ready", None)
+        state.pop("t_start", None)
         self._pending.add(spec.trial_id)
         self._busy.add(spec.trial_id)
         return runner.launch(spec, on_event=on_event)

@@ -218,11 +218,19 @@ class Running:
             for fd in (log_w, ev_w, go_r):
                 if fd is not None:
                     os.close(fd)
-        self.family = TrialFamily(self.proc.pid, self.token)
-        self._log_pump = _Pump(log_r, self.log, f"trial-log-{self.proc.pid}")
-        self._event_pump = _Pump(ev_r, self.events, f"trial-events-{self.proc.pid}")
-        self._log_pump.start()
-        self._event_pump.start()
+        try:
+            self.family = TrialFamily(self.proc.pid, self.token)
+            self._log_pump = _Pump(log_r, self.log, f"trial-log-{self.proc.pid}")
+            self._event_pump = _Pump(ev_r, self.events, f"trial-events-{self.proc.pid}")
+            self._log_pump.start()
+            self._event_pump.start()
+        except BaseException:
+            kill_group(self.proc.pid)           # no supervision: the child must not live on, holding a device
+            kill_pid(self.proc.pid)
+            if self._go_fd is not None:
+                os.close(self._go_fd)
+                self._go_fd = None
+            raise
         if not self.spec.wait_for_go:
             self.t_go = self.t_launch
 

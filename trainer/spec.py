@@ -28,7 +28,7 @@ class BudgetConfig:
     reference_speed: float = 0.0         # device speed that `seconds` refers to; 0 = cluster median
     startup_allowance: float = 0.0       # seconds allowed before training starts; 0 = measured per device
     startup_floor: float = 60.0          # never allow less than this for start-up
-    finish_allowance: float = 60.0       # seconds after the budget for the hand-off of weights
+    finish_allowance: float = 30.0       # seconds from the finish event to the trial's exit
     overrun_tolerance: float = 0.05      # training may exceed the budget by this fraction
 
 
@@ -46,7 +46,7 @@ class TrialSpec:
     seed: int = 0
     threads: int = 1                     # CPU threads (CPU mode)
     startup_allowance: float = 120.0     # seconds before training must start
-    finish_allowance: float = 60.0
+    finish_allowance: float = 30.0
     overrun_tolerance: float = 0.05
     scratch_root: str = ""               # '' -> a temp folder
     keep_scratch: bool = False

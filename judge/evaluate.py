@@ -24,11 +24,10 @@ import torch
 from judge.causality import probe
 from judge.handoff import plain_key
 from judge.integrity import CANARY_RTOL, Snapshot, canary
-from judge.run_judge import _read_result, run_judge  # noqa: F401  (re-exported: trainer/runner.py, tests)
+from judge.run_judge import empty_result
 from judge.spec import ENV_TRAIN_DIR, JudgeConfig
 from judge.tokencache import META_FILE, open_split
 
-RESULT_KEYS = ("status", "reason", "val_bpb", "val_loss", "nats", "bytes", "tokens", "params", "causal", "seconds")
 CANDIDATE_PREFIX = "popsearch_candidate_"
 TOKEN_BYTES_FILE = "token_bytes.npy"
 CE_CHUNK_ELEMENTS = 1 << 27       # logits elements per log_softmax call: bounds the judge's own extra memory
@@ -42,12 +41,6 @@ class Outcome(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
-
-
-def empty_result(status: str = "crash", reason: str = "") -> dict:
-    result = dict.fromkeys(RESULT_KEYS)
-    result.update(status=status, reason=reason, causal=False, probe="", sandboxed=False)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -285,7 +278,7 @@ def evaluate(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu",
              sandbox: bool = False, allow_write=()) -> dict:
     """Score the candidate train.py with its handed-off weights on the fixed validation rows.
 
-    Returns the result dict (RESULT_KEYS plus `probe` and `sandboxed`). The candidate's module code runs in
+    Returns the result dict (run_judge.RESULT_KEYS plus `probe` and `sandboxed`). The candidate's module code runs in
     this process; with sandbox=True, judge.guard.lock_down (when present) is installed before it runs, which
     cannot be undone: the CLI passes True, in-process callers (tests) usually do not."""
     t0 = time.perf_counter()

@@ -15,7 +15,6 @@ import sys
 import types
 import _thread
 
-from judge.landlock import landlock, landlock_abi  # noqa: F401  (re-exported: trainer/sandbox.py, tests)
 
 VIOLATION_PREFIX = "POPSEARCH-VIOLATION: "
 VIOLATION_EXIT = 86                  # exit status of a trial process that broke the rules

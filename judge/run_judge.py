@@ -18,6 +18,14 @@ from judge.spec import JudgeConfig
 
 OUTPUT_TAIL_BYTES = 4000          # judge subprocess output kept as the reason of a crash
 READ_CHUNK_BYTES = 65536
+RESULT_KEYS = ("status", "reason", "val_bpb", "val_loss", "nats", "bytes", "tokens", "params", "causal", "seconds")
+
+
+def empty_result(status: str = "crash", reason: str = "") -> dict:
+    """The judge's result with every key present (what judge.evaluate writes and run_judge returns)."""
+    result = dict.fromkeys(RESULT_KEYS)
+    result.update(status=status, reason=reason, causal=False, probe="", sandboxed=False)
+    return result
 
 
 def run_judge(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu", env=None,
@@ -25,7 +33,6 @@ def run_judge(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu"
     """Run the judge CLI in its own process group; kill the group at `timeout` (default cfg.timeout_seconds).
 
     Returns the result dict; status timeout when killed, crash (with the output tail) when no valid result came."""
-    from judge.evaluate import empty_result  # here, not at the top: judge.evaluate re-exports run_judge
     limit = cfg.timeout_seconds if timeout is None else timeout
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="popsearch-judge-run-") as tmp:
@@ -83,7 +90,6 @@ def _keep_tail(stream, tail: bytearray) -> None:
 
 
 def _read_result(out: Path, nonce: str, code, tail: str) -> dict:
-    from judge.evaluate import empty_result  # here, not at the top: judge.evaluate re-exports run_judge
     last = tail[-OUTPUT_TAIL_BYTES:]
     if not out.exists():
         return empty_result("crash", f"judge process exited with code {code} without a result: {last}")

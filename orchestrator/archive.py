@@ -20,7 +20,6 @@ from gitdb import IStream
 
 from orchestrator import ledger
 from orchestrator.trailers import compose_message, completed_row, judged_trailers, parse_message, pending_trailers
-from orchestrator.trailers import completed_row as _completed_row  # noqa: F401  (tests replay _record's steps)
 
 SOURCE_FILE = "train.py"
 SEED_BRANCH = "seed"                       # the root commit; HEAD points here and it never moves

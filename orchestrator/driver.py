@@ -308,9 +308,9 @@ class Driver:
             if picked is None:
                 return
             job, i = picked
-            if self.try_reuse(job, self.slots[i]):
-                continue
             slot = self.slots[i]
+            if self.try_reuse(job, slot):
+                continue
             device = slot["device_name"]
             startup = budget_rules.startup_allowance(self.scores.startups.get(device, []),
                                                      self.cfg.budget.startup_floor)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import archive as archive_mod
 from orchestrator import ledger
+from orchestrator.trailers import completed_row
 from orchestrator.archive import Archive, ArchiveError, ArchiveLocked, HeadMoved, parse_message, repair, source_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_reject_records_a_proposal_that_never_ran(arch):
 def partial_record(archive, trial_id, row, promote, steps):
     """The steps of Archive._record, stopping after `steps` of them (a crash)."""
     pend = archive._pending_of(trial_id)
-    full = archive_mod._completed_row(pend, row, promote)
+    full = completed_row(pend, row, promote)
     head = archive._promotion_base(pend, None) if promote else None
     sha = archive._judged_commit(pend, full, head)
     if steps >= 2:

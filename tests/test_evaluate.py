@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from judge.causality import probe
-from judge.evaluate import _read_result, evaluate, run_judge, val_rows
+from judge.evaluate import evaluate, val_rows
+from judge.run_judge import _read_result, run_judge
 from judge.handoff import hand_off
 from judge.spec import ENV_TRAIN_DIR, ENV_WEIGHTS, JudgeConfig
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer import runner
+from trainer.processes import alive
 from trainer.runner import judge_trial, launch, run_trial
 from trainer.spec import TrialSpec
 
@@ -102,7 +103,7 @@ def test_hang_times_out_and_its_process_group_is_gone(tmp_path, fake_data, unsan
     assert result.training_seconds >= runner.training_limit(spec) + spec.finish_allowance
     assert group_gone(running.proc.pid)
     [child] = pids_in_log(result.log_tail, "child")
-    assert not runner._alive(child)
+    assert not alive(child)
 
 
 def test_slow_start_times_out_before_training(tmp_path, fake_data):
@@ -132,7 +133,7 @@ def test_detached_grandchildren_are_killed(tmp_path, fake_data, unsandboxed):
     orphans = pids_in_log(result.log_tail, "orphan")
     assert len(orphans) == 2
     assert set(orphans) <= set(partial.killed_leftovers)     # alive at the end, killed by the runner
-    assert not any(runner._alive(pid) for pid in orphans)
+    assert not any(alive(pid) for pid in orphans)
     assert "scratch holds ['train.log', 'train.py']" in result.log_tail
     assert result.status == "crash" and "no weights" in result.reason
 

@@ -14,7 +14,7 @@ from trainer.spec import TrialResult, TrialSpec
 LAUNCH_LEAD_SECONDS = 5.0       # the next trial is ready this long before the current one stops training
 FIRST_STARTUP_GUESS = 60.0      # before a start-up was measured here (compile of a fresh model)
 POLL_SECONDS = 0.2
-OOM_MARKS = ("OutOfMemoryError", "CUDA out of memory", "out of memory")
+OOM_MARKS = ("OutOfMemoryError", "out of memory")
 
 
 class TrialWorker:

@@ -24,7 +24,6 @@ from pathlib import Path
 from judge.spec import JudgeConfig
 from trainer import spec as S
 from trainer.processes import TrialFamily, kill_group, kill_pid, new_token
-from trainer.processes import alive as _alive  # noqa: F401  (tests check leftovers through runner._alive)
 from trainer.spec import TrialResult, TrialSpec
 from trainer.trial_env import base_env, sandbox_module, trial_env, violations_path
 
@@ -187,7 +186,7 @@ class Running:
         self._above = 0
         self._stop_reason = ""
         self.snapshot = scratch.with_name(scratch.name + ".weights.pt")   # out of the candidate's reach
-        self.weights_problem = "exited without a finish event (trial.finish() was not called)"
+        self.weights_problem = ""       # set at the finish event by snapshot_weights ('' = frozen copy made)
         self._go_fd: int | None = None
         self._go_lock = threading.Lock()
 
@@ -432,7 +431,7 @@ def judge_trial(partial: Partial, spec: TrialSpec) -> TrialResult:
 
 def _judge_into(result: TrialResult, spec: TrialSpec, partial: Partial, judge_dir: Path) -> None:
     """Run the judge on the ORIGINAL source (not the scratch copy the candidate could edit) and its weights."""
-    from judge.evaluate import run_judge
+    from judge.run_judge import run_judge
     train_py, weights = judge_dir / "train.py", judge_dir / "weights.pt"
     train_py.write_text(spec.source)
     shutil.move(str(partial.weights), weights)

@@ -24,6 +24,7 @@ import traceback  # noqa: E402
 import types  # noqa: E402
 
 from judge import guard  # noqa: E402
+from judge.landlock import landlock  # noqa: E402
 from judge.spec import ENV_TRAIN_DIR, ENV_WEIGHTS  # noqa: E402
 from trainer.spec import ENV_DEVICE  # noqa: E402
 
@@ -82,8 +83,8 @@ def setup(argv) -> dict:
     roots = walls(s)
     if s["landlock"]:
         try:
-            s["landlock_abi"] = guard.landlock(read=roots["landlock_read"], write=roots["write_dirs"],
-                                               devices=roots["devices"], execute=s["subprocess"])
+            s["landlock_abi"] = landlock(read=roots["landlock_read"], write=roots["write_dirs"],
+                                         devices=roots["devices"], execute=s["subprocess"])
         except OSError as exc:
             raise SetupError(f"Landlock failed: {exc}") from exc
     import_helpers()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from judge import guard
 from judge.causality import probe
 from judge.handoff import plain_key
 from judge.integrity import CANARY_RTOL, Snapshot, canary
@@ -279,7 +280,7 @@ def evaluate(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu",
     """Score the candidate train.py with its handed-off weights on the fixed validation rows.
 
     Returns the result dict (run_judge.RESULT_KEYS plus `probe` and `sandboxed`). The candidate's module code runs in
-    this process; with sandbox=True, judge.guard.lock_down (when present) is installed before it runs, which
+    this process; with sandbox=True, judge.guard.lock_down is installed before it runs, which
     cannot be undone: the CLI passes True, in-process callers (tests) usually do not."""
     t0 = time.perf_counter()
     result = empty_result()
@@ -307,11 +308,11 @@ def _evaluate(train_py: Path, weights, data_dir, cfg, device, sandbox, allow_wri
         code = compile(train_py.read_bytes(), str(train_py), "exec", dont_inherit=True)
     except (OSError, SyntaxError, ValueError) as exc:
         raise Outcome("crash", f"{train_py}: cannot compile ({type(exc).__name__}: {_cut(str(exc))})") from exc
-    guard = _import_guard() if sandbox else None
+    guard_module = guard if sandbox else None
     reference = canary(vocab, cfg.seq_len, device, batch_nats)
     snapshot = Snapshot()  # (c)
-    denials = _lock_down(guard, data_dir, allow_write, train_py)  # (d)
-    found["sandboxed"] = guard is not None
+    denials = _lock_down(guard_module, data_dir, allow_write, train_py)  # (d)
+    found["sandboxed"] = guard_module is not None
     os.environ[ENV_TRAIN_DIR] = str(view)
     with blame("import", train_py, denials):  # (e)
         module = import_candidate(train_py, code)
@@ -333,22 +334,15 @@ def _evaluate(train_py: Path, weights, data_dir, cfg, device, sandbox, allow_wri
                  causal=sums["probe"].startswith("causal"), probe=sums["probe"])
 
 
-def _import_guard():
-    try:
-        from judge import guard
-    except ImportError:
-        return None
-    return guard if hasattr(guard, "lock_down") else None
-
-
-def _lock_down(guard, data_dir, allow_write, train_py: Path) -> list:
-    """Install judge.guard's audit hook (when it exists): no reads of the data, no processes, no frame or gc
-    tricks from the candidate's file, no re-import of judge modules. Returns the live list of its refusals."""
-    if guard is None:
+def _lock_down(guard_module, data_dir, allow_write, train_py: Path) -> list:
+    """Install judge.guard's audit hook: no reads of the data, no processes, no frame or gc tricks from the
+    candidate's file, no re-import of judge modules. Returns the live list of its refusals. guard_module None
+    (sandbox=False) is for in-process callers only: the judge CLI always passes sandbox=True."""
+    if guard_module is None:
         return []
     watched = sorted(n for n in sys.modules if n == "judge" or n.startswith("judge."))
     try:
-        return guard.lock_down(deny_read=denied_paths(data_dir), allow_write=[*allow_write, *compile_cache_dirs()],
+        return guard_module.lock_down(deny_read=denied_paths(data_dir), allow_write=[*allow_write, *compile_cache_dirs()],
                                allow_subprocess=False, candidate_files=[str(train_py)], watch_modules=watched)
     except Exception as exc:
         raise Outcome("infra", f"judge.guard.lock_down failed: {type(exc).__name__}: {exc}") from exc

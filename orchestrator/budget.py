@@ -52,8 +52,10 @@ def cpu_slots(configured: int, cores: int, threads: int) -> tuple[int, bool]:
     return n, cores >= 2 * n * threads
 
 
-def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, parent_curve=None) -> TrialSpec:
-    """The TrialSpec for one run of a job on one actor slot (slot carries device, speed and factor)."""
+def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, parent_curve=None,
+               operator_env=None) -> TrialSpec:
+    """The TrialSpec for one run of a job on one actor slot (slot carries device, speed and factor);
+    operator_env: the operator settings every trial and judge process gets (trainer.trial_env.operator_env)."""
     b, j, r = cfg.budget, cfg.judge, cfg.resources
     seconds = b.seconds * slot["budget_factor"]
     if b.kind == "flops":               # the FLOPs are the budget; seconds only cap a very slow candidate
@@ -84,4 +86,5 @@ def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, p
         early_stop_margin=cfg.selection.early_stop_margin,
         early_stop_min_progress=cfg.selection.early_stop_min_progress,
         wait_for_go=overlap_on(r.overlap, slot),
+        operator_env=dict(operator_env or {}),
     )

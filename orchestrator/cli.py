@@ -153,6 +153,7 @@ def cmd_trial(args) -> int:
     from judge.prepare import prepare
     from orchestrator import budget as budget_rules
     from orchestrator.config import seed_source
+    from orchestrator.driver import checked_operator_settings
     from orchestrator.population import Job
     from trainer.runner import run_trial
     cfg = load(args.config)
@@ -170,7 +171,8 @@ def cmd_trial(args) -> int:
         from trainer.calibrate import measure_speed_isolated
         slot["speed"] = measure_speed_isolated(device)
     spec = budget_rules.trial_spec(cfg, job, slot, spec_data.data_dir, args.seed,
-                                   max(cfg.budget.startup_floor, cfg.budget.startup_allowance))
+                                   max(cfg.budget.startup_floor, cfg.budget.startup_allowance),
+                                   operator_env=checked_operator_settings())
     spec.wait_for_go = False
     result = run_trial(spec, on_event=progress_printer()).to_dict()
     print(summary_block(result))

@@ -15,7 +15,7 @@ from pathlib import Path
 from orchestrator import budget as budget_rules
 from orchestrator import selection
 from orchestrator.archive import Archive
-from orchestrator.config import Config, seed_source
+from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
                                      needs_reference, run_scores, source_hash)
@@ -53,6 +53,7 @@ class Driver:
         self.references: set = set()        # (head hash, device kind) whose reference run was asked for
         self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
         self.culling = False
+        self.operator_env = checked_operator_settings()
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
@@ -318,7 +319,8 @@ class Driver:
                 startup = self.cfg.budget.startup_allowance
             head_hash = source_hash(self.archive.source(job.parent_commit)) if job.parent_commit else ""
             curve = self.scores.curves.get((head_hash, device)) if self.cfg.selection.early_stop_margin else None
-            spec = budget_rules.trial_spec(self.cfg, job, slot, self.data_dirs[i], job.next_seed(), startup, curve)
+            spec = budget_rules.trial_spec(self.cfg, job, slot, self.data_dirs[i], job.next_seed(), startup, curve,
+                                           self.operator_env)
             ref = self.actors[i].run.remote(spec.to_dict(), {"member": job.member, "proposer": job.proposer})
             self.in_flight[ref] = (job, i)
             self.actor_load[i] += 1
@@ -480,6 +482,7 @@ class Driver:
             self.cull()
         finally:
             self.culling = False
+        self.operator_env = checked_operator_settings()
 
     def cull(self) -> None:
         """Retire the stale bottom members (none with a run on a device or awaiting a verdict) and fork
@@ -536,6 +539,16 @@ class Driver:
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+def checked_operator_settings() -> dict:
+    """The operator settings of this process's environment that every trial and judge gets (README: operator
+    settings); a bad one is a config error, reported before anything starts."""
+    from trainer.trial_env import operator_env
+    try:
+        return operator_env()
+    except ValueError as exc:
+        raise ConfigError(f"environment: {exc}") from None
 
 
 def program_text(path: str) -> str:

@@ -40,7 +40,7 @@ def test_startup_allowance():
 
 
 def test_flops_helpers():
-    assert C.flops_budget(300.0, 1000.0, 10**6) == 6 * 10**6 * 1000 * 300
+    assert C.flops_budget(300.0, 1000.0, 6e6) == 6e6 * 1000 * 300
     per_unit = C.reference_flops("cpu")
     assert per_unit > 0
     # a device doing 10 units/s at 25% of the reference FLOP rate

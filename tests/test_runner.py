@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import runner
+from trainer import flops, runner
 from trainer.processes import alive
 from trainer.runner import judge_trial, launch, run_trial
 from trainer.spec import TrialSpec
@@ -125,7 +125,7 @@ def test_detached_grandchildren_are_killed(tmp_path, fake_data, unsandboxed):
     """Grandchildren in their own sessions escape killpg; the runner finds them by the env token it
     sets and by the descendants its /proc scans saw. What it cannot catch: a process that scrubs its
     environment AND leaves its session AND reparents before the next scan (double fork within 0.2 s)."""
-    spec = make_spec(tmp_path, fake_data, "orphan.py", budget_seconds=1.0)
+    spec = make_spec(tmp_path, fake_data, "orphan.py", budget_seconds=1.0, finish_allowance=10.0)
     running = launch(spec)
     running.go()
     partial = running.supervise()
@@ -135,7 +135,7 @@ def test_detached_grandchildren_are_killed(tmp_path, fake_data, unsandboxed):
     assert set(orphans) <= set(partial.killed_leftovers)     # alive at the end, killed by the runner
     assert not any(alive(pid) for pid in orphans)
     assert "scratch holds ['train.log', 'train.py']" in result.log_tail
-    assert result.status == "crash" and "no weights" in result.reason
+    assert result.status == "crash" and "no weights" in result.reason, result.reason
 
 
 def test_log_is_capped(tmp_path, fake_data):
@@ -175,9 +175,9 @@ def test_flops_mode_trains_to_its_flops_and_is_judged(tmp_path, data_spec):
 
 def test_start_up_clock_begins_at_go(tmp_path, fake_data):
     """With wait_for_go the trial blocks in trial.start(); the start-up allowance counts from go()."""
-    spec = make_spec(tmp_path, fake_data, "crash.py", wait_for_go=True, startup_allowance=1.0)
+    spec = make_spec(tmp_path, fake_data, "crash.py", wait_for_go=True, startup_allowance=2.0)
     running = launch(spec)
-    timer = threading.Timer(3.0, running.go)
+    timer = threading.Timer(6.0, running.go)           # past the allowance: only a clock started at go passes
     timer.start()
     partial = running.supervise()
     timer.join()
@@ -211,11 +211,12 @@ def test_early_stop_rule():
 def test_limits_and_mfu():
     spec = TrialSpec(trial_id="x", source="", data_dir="", budget_seconds=300.0, overrun_tolerance=0.05)
     assert runner.training_limit(spec) == pytest.approx(315.0)
-    assert runner.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert runner.peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert runner.peak_flops("cpu") is None
-    assert runner.mfu(100_000_000, 10**10, 300.0, "NVIDIA H100 80GB HBM3") == pytest.approx(6e18 / 300 / 989e12)
-    assert runner.mfu(10, 10, 1.0, "cpu") is None
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert flops.peak_flops("cpu") is None
+    assert flops.mfu(6e8, 10**10, 300.0, "NVIDIA H100 80GB HBM3") == pytest.approx(6e18 / 300 / 989e12)
+    assert flops.mfu(60.0, 10, 1.0, "cpu") is None
+    assert flops.mfu(None, 10, 1.0, "NVIDIA H200") is None
 
 
 def test_trial_env_is_clean_and_complete(tmp_path, monkeypatch):

@@ -147,9 +147,10 @@ def test_time_budget_run_learns_and_hands_off(tiny_train_py, data_spec, tiny):
 
 
 def test_flops_budget_stops_after_expected_tokens(tiny_train_py, data_spec, tiny):
-    n_params = sum(p.numel() for p in tiny.build_model().parameters())
+    model = tiny.build_model()
+    n_params = sum(p.numel() for p in model.parameters())
     steps = 6
-    budget = 6 * n_params * tiny.TOTAL_BATCH_SIZE * steps
+    budget = model.flops_per_token() * tiny.TOTAL_BATCH_SIZE * steps
     proc, events = run_train(tiny_train_py.parent, data_spec,
                              {"POPSEARCH_BUDGET_KIND": "flops", "POPSEARCH_BUDGET_FLOPS": str(budget)})
     assert proc.returncode == 0, proc.stdout_text

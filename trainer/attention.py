@@ -1,6 +1,7 @@
 """Causal/sliding-window attention with FA3's signature, on the fastest backend this machine has.
 
-Chain: FA3 through `kernels` on Hopper (hub, or a local kernel cache) -> FlexAttention on CUDA -> SDPA."""
+Chain: FA3 through `kernels` on Hopper (hub, or a local kernel cache) -> FlexAttention on CUDA -> SDPA;
+prepare_attention() builds flex's block masks before compiling, so a compiled model stays one graph."""
 from __future__ import annotations
 
 import os
@@ -10,16 +11,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trainer.spec import ATTENTION_BACKENDS as BACKENDS
+from trainer.spec import ENV_ATTENTION as ENV_FORCE
+from trainer.spec import ENV_KERNEL_DIR
+
 FA3_REPO = "kernels-community/flash-attn3"   # kernel hub repo (trusted org, stable API version below)
 FA3_VERSION = 1
 FA3_CAPABILITY = (9, 0)                      # Hopper: the only arch the FA3 route is taken on by default
-ENV_FORCE = "POPSEARCH_ATTENTION"            # fa3 | flex | sdpa: skip the chain (tests, benchmarks)
-ENV_KERNEL_DIR = "POPSEARCH_KERNEL_DIR"      # local kernel folder (build/<variant>/...), no hub needed
-BACKENDS = ("fa3", "flex", "sdpa")
 
 _selected: dict[str, tuple[str, object]] = {}   # device type -> (name, fn(q, k, v, causal, window))
-_block_masks: dict[tuple, object] = {}
-_compiled_flex = None
+_block_masks: dict[tuple, object] = {}         # (T, S, (left, right), device type, index) -> flex BlockMask
+_compiled: dict[str, object] = {}               # torch.compile'd kernels for eager callers
+WINDOW_CHUNK = 256                              # SDPA windowed path: queries per chunk (at least the window)
 
 
 def attention(q, k, v, causal: bool = True, window_size: tuple[int, int] = (-1, -1)):
@@ -130,36 +133,56 @@ def _window_bounds(causal: bool, window: tuple[int, int]) -> tuple[int, int]:
     return left, right
 
 
-@torch.compiler.disable
-def _block_mask(T: int, S: int, causal: bool, window: tuple[int, int], device):
-    from torch.nn.attention.flex_attention import create_block_mask
-    key = (T, S, causal, window, str(device))
-    if key not in _block_masks:
-        left, right = _window_bounds(causal, window)
+def _mask_key(T: int, S: int, bounds: tuple[int, int], device) -> tuple:
+    return (T, S, bounds, device.type, device.index)
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            ok = q_idx >= 0
-            if left >= 0:
-                ok = ok & (kv_idx >= q_idx - left)
-            if right >= 0:
-                ok = ok & (kv_idx <= q_idx + right)
-            return ok
-        _block_masks[key] = create_block_mask(mask_mod, None, None, T, S, device=device)
-    return _block_masks[key]
+
+def _new_block_mask(T: int, S: int, bounds: tuple[int, int], device):
+    from torch.nn.attention.flex_attention import create_block_mask
+    left, right = bounds
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = q_idx >= 0
+        if left >= 0:
+            ok = ok & (kv_idx >= q_idx - left)
+        if right >= 0:
+            ok = ok & (kv_idx <= q_idx + right)
+        return ok
+    return create_block_mask(mask_mod, None, None, T, S, device=device)
+
+
+def prepare_attention(seq_len: int, windows, device, causal: bool = True) -> None:
+    """Build, outside any compiled graph, what attention() needs for rows of `seq_len` tokens and these
+    window_size values (flex block masks), so a model compiled around attention() traces as one graph.
+    Call it before the first compiled step; a no-op where the backend needs nothing."""
+    device = torch.device(device)
+    if _select(device.type)[0] != "flex":
+        return
+    for window in windows:
+        bounds = _window_bounds(causal, _effective_window(seq_len, seq_len, window))
+        key = _mask_key(seq_len, seq_len, bounds, device)
+        if key not in _block_masks:
+            _block_masks[key] = _new_block_mask(seq_len, seq_len, bounds, device)
 
 
 def _flex(q, k, v, causal, window):
-    """FlexAttention for training; with grad disabled (the judge) SDPA with the same mask, since flex
-    pays a ~20 s compile for every new shape and inference gains nothing from it."""
-    global _compiled_flex
-    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    """FlexAttention for training: inside a compiled model it is traced into the model's graph with the block
+    mask prepare_attention() built; eager on CUDA it runs through its own compiled kernel. With grad disabled
+    (the judge) the SDPA paths below, which need no compile for a new shape."""
+    compiling = torch.compiler.is_compiling()
+    if not torch.is_grad_enabled() and not compiling:
         return _sdpa(q, k, v, causal, window)
     from torch.nn.attention.flex_attention import flex_attention
+    bounds = _window_bounds(causal, window)
+    key = _mask_key(q.shape[1], k.shape[1], bounds, q.device)
+    mask = _block_masks.get(key)
+    if mask is None:                             # not prepared: built here (inside a graph: traced, per call)
+        mask = _new_block_mask(q.shape[1], k.shape[1], bounds, q.device)
+        if not compiling:
+            _block_masks[key] = mask
     fn = flex_attention
-    if q.is_cuda:                                # eager flex is a slow reference; compile it on GPU
-        _compiled_flex = _compiled_flex or torch.compile(flex_attention, dynamic=False)
-        fn = _compiled_flex
-    mask = _block_mask(q.shape[1], k.shape[1], causal, window, q.device)
+    if q.is_cuda and not compiling:              # eager flex is a slow reference; compile it on GPU
+        fn = _compiled.get("flex") or _compiled.setdefault("flex", torch.compile(flex_attention, dynamic=False))
     gqa = q.shape[2] != k.shape[2]
     out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask, enable_gqa=gqa)
     return out.transpose(1, 2)
@@ -167,10 +190,10 @@ def _flex(q, k, v, causal, window):
 
 # --- SDPA ---------------------------------------------------------------------------------------
 
-def window_mask(T: int, S: int, causal: bool, window: tuple[int, int], device=None) -> torch.Tensor:
-    """Boolean (T, S) mask, True where query i may attend to key j."""
+def window_mask(T: int, S: int, causal: bool, window: tuple[int, int], device=None, offset: int = 0) -> torch.Tensor:
+    """Boolean (T, S) mask, True where query i may attend to key j; query i sits at key position i + offset."""
     left, right = _window_bounds(causal, window)
-    i = torch.arange(T, device=device)[:, None]
+    i = torch.arange(T, device=device)[:, None] + offset
     j = torch.arange(S, device=device)[None, :]
     ok = torch.ones(T, S, dtype=torch.bool, device=device)
     if left >= 0:
@@ -181,14 +204,32 @@ def window_mask(T: int, S: int, causal: bool, window: tuple[int, int], device=No
 
 
 def _sdpa(q, k, v, causal, window):
+    """Unwindowed and causal rows on SDPA's own fast paths (flash where the device has it); windowed rows
+    chunked by _sdpa_windowed, exact and without a (T, T) mask."""
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     gqa = q.shape[1] != k.shape[1]
     left, right = _window_bounds(causal, window)
     if left < 0 and right < 0:
         out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    elif left < 0 and right == 0:
+    elif left < 0 and right == 0 and q.shape[2] == k.shape[2]:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     else:
-        mask = window_mask(q.shape[2], k.shape[2], causal, window, q.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = _sdpa_windowed(q, k, v, causal, window, gqa)
     return out.transpose(1, 2)
+
+
+def _sdpa_windowed(q, k, v, causal, window, gqa):
+    """q: (B, H, T, D). Query rows in chunks, each against only the keys its window can reach, masked exactly:
+    the same result as one (T, S) mask at a fraction of its memory and work."""
+    left, right = _window_bounds(causal, window)
+    T, S = q.shape[2], k.shape[2]
+    chunk = max(WINDOW_CHUNK, left, right)
+    outs = []
+    for start in range(0, T, chunk):
+        stop = min(T, start + chunk)
+        k0 = 0 if left < 0 else max(0, start - left)
+        k1 = S if right < 0 else min(S, stop + right)
+        mask = window_mask(stop - start, k1 - k0, causal, window, q.device, offset=start - k0)
+        outs.append(F.scaled_dot_product_attention(q[:, :, start:stop], k[:, :, k0:k1], v[:, :, k0:k1],
+                                                   attn_mask=mask, enable_gqa=gqa))
+    return torch.cat(outs, dim=2)

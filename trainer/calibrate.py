@@ -14,7 +14,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-FLOPS_PER_PARAM_TOKEN = 6
+from trainer.flops import FLOPS_PER_PARAM_TOKEN, attention_flops_per_token
+
 # The fixed reference workloads (never the candidate's train.py): a GPU-sized one and a small CPU one.
 WORKLOADS = {
     "cuda": dict(depth=4, dim=768, heads=6, seq_len=1024, batch=16, vocab=8192),
@@ -76,10 +77,12 @@ def reference_workload(device: str):
 
 
 def reference_flops(device: str) -> float:
-    """Model FLOPs of one work unit: 6 x parameters x tokens (attention scores not counted)."""
+    """Model FLOPs of one work unit by trainer/flops.py's formula: matrices (blocks and output layer, not the
+    embedding table) and full-causal attention in every layer, times the unit's tokens."""
     s = _shape(device)
-    params = s["depth"] * 12 * s["dim"] ** 2 + 2 * s["vocab"] * s["dim"]
-    return float(FLOPS_PER_PARAM_TOKEN * params * s["batch"] * s["seq_len"])
+    matrices = s["depth"] * 12 * s["dim"] ** 2 + s["vocab"] * s["dim"]
+    attention = attention_flops_per_token([(s["dim"], -1)] * s["depth"], s["seq_len"])
+    return float((FLOPS_PER_PARAM_TOKEN * matrices + attention) * s["batch"] * s["seq_len"])
 
 
 def measure_speed(device: str, repeats: int = DEFAULT_REPEATS, threads: int | None = None,
@@ -175,9 +178,10 @@ def startup_allowance(measured_startup_seconds, floor: float, multiple: float) -
     return max([floor] + [multiple * s for s in measured])
 
 
-def flops_budget(reference_seconds: float, reference_tokens_per_second: float, params: int) -> float:
-    """Model FLOPs (6 x params x tokens) that a model of `params` trains in `reference_seconds` on the reference device."""
-    return FLOPS_PER_PARAM_TOKEN * params * reference_tokens_per_second * reference_seconds
+def flops_budget(reference_seconds: float, reference_tokens_per_second: float, flops_per_token: float) -> float:
+    """Model FLOPs that a model of `flops_per_token` (trainer/flops.py) trains in `reference_seconds` on the
+    reference device."""
+    return flops_per_token * reference_tokens_per_second * reference_seconds
 
 
 def flops_time_cap(budget_flops: float, device_speed: float, device: str,

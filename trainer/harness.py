@@ -13,19 +13,19 @@ import torch
 from judge.handoff import hand_off
 from judge.spec import ENV_WEIGHTS
 from trainer import spec
+from trainer.flops import FLOPS_PER_PARAM_TOKEN, matrix_params
 
 RUNNER_GONE_EXIT = 75          # exit code when the events pipe broke (the runner died)
 DEFAULT_SECONDS = 10.0        # standalone budget (no runner)
 EMIT_INTERVAL = 0.5           # seconds between progress events (and loss.item() calls)
-FLOPS_PER_PARAM_TOKEN = 6     # forward + backward FLOPs per parameter per token
 
 
 class Trial:
     """Budget bookkeeping for one training run.
 
     Attributes: device ("cuda" | "cpu"), seed, budget_kind ("time" | "flops"), budget_seconds,
-    budget_flops, n_params (counted by start(model): ALL parameters, embeddings included, so that
-    flops mode is a simple 6 * params * tokens), steps, tokens (running totals)."""
+    budget_flops, n_params (all parameters of the model given to start), flops_per_token (given to start,
+    by trainer/flops.py's formula; else 6 x its matrix parameters), steps, tokens (running totals)."""
 
     def __init__(self) -> None:
         env = os.environ
@@ -46,6 +46,7 @@ class Trial:
         self._go_fd = int(go) if go else None
         self._model: torch.nn.Module | None = None
         self.n_params = 0
+        self.flops_per_token = 0.0
         self.steps = 0
         self.tokens = 0
         self._t0: float | None = None
@@ -56,13 +57,16 @@ class Trial:
         """"cuda" or "cpu" (for torch.autocast's device_type)."""
         return torch.device(self.device).type
 
-    def start(self, model: torch.nn.Module | None = None) -> None:
-        """Count params, wait for the runner's go byte (if any), start the clock, emit 'start'."""
+    def start(self, model: torch.nn.Module | None = None, flops_per_token: float | None = None) -> None:
+        """Count params, wait for the runner's go byte (if any), start the clock, emit 'start'.
+
+        flops_per_token: the model's training FLOPs per token by trainer.flops.flops_per_token (MFU, flops mode)."""
         if model is not None:
             self.n_params = sum(p.numel() for p in model.parameters())
+            self.flops_per_token = float(flops_per_token or FLOPS_PER_PARAM_TOKEN * matrix_params(model))
             self._model = model
-        if self.budget_kind == "flops" and self.n_params == 0:
-            raise ValueError("flops mode: pass the model to trial.start(model) so its params can be counted")
+        if self.budget_kind == "flops" and not self.flops_per_token:
+            raise ValueError("flops mode: pass the model to trial.start(model) so its FLOPs can be counted")
         if self._go_fd is not None:
             self._emit({"event": "ready", "t": time.time()})
             os.read(self._go_fd, 1)   # a byte or EOF: either way the device is ours now
@@ -81,7 +85,7 @@ class Trial:
     def progress(self) -> float:
         """Fraction of the budget used so far (may exceed 1 slightly)."""
         if self.budget_kind == "flops":
-            return FLOPS_PER_PARAM_TOKEN * self.n_params * self.tokens / self.budget_flops
+            return self.flops_per_token * self.tokens / self.budget_flops
         return self.elapsed() / self.budget_seconds
 
     def step(self, tokens: int, loss=None) -> float:
@@ -113,6 +117,7 @@ class Trial:
             hand_off(self._model)
         event = {"event": "finish", "steps": self.steps, "tokens": self.tokens,
                  "peak_vram_mb": peak, "backend": stats.pop("backend", ""),
+                 "flops_per_token": self.flops_per_token or None,
                  "train_seconds": seconds, **stats}
         self._emit(event)
         return event

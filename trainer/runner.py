@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from judge.spec import JudgeConfig
+from trainer import flops
 from trainer import spec as S
 from trainer.processes import TrialFamily, kill_group, kill_pid, new_token
 from trainer.spec import TrialResult, TrialSpec
-from trainer.trial_env import base_env, sandbox_module, trial_env, violations_path
+from trainer import sandbox
+from trainer.trial_env import base_env, trial_env, violations_path
 
 TICK = 0.05                   # seconds between checks of the clock, events and the process
 PUMP_READ = 65536             # bytes per read from a pipe
@@ -36,25 +38,18 @@ DRAIN_SECONDS = 2.0           # after the trial is gone, how long the pipes may 
 EARLY_STOP_PATIENCE = 3       # consecutive progress reports above the parent's curve before stopping
 TEXT_FIELD_MAX = 200          # reported strings (backend, device) are cut to this
 VIOLATION_LINES = 10          # sandbox violations quoted in the reason
-FLOPS_PER_PARAM_TOKEN = 6
-# Dense bf16 peak FLOPs by device name (first match wins: more specific names first).
-PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
 
 # ---------------------------------------------------------------- sandbox
 
 def trial_command() -> list[str]:
-    """`python -m trainer.sandbox train.py` when the sandbox exists, else `python train.py`."""
-    if sandbox_module() is not None:
-        return [sys.executable, "-m", "trainer.sandbox", "train.py"]
-    return [sys.executable, "train.py"]
+    """`python -m trainer.sandbox train.py`: every trial runs inside the sandbox's bootstrap."""
+    return [sys.executable, "-m", "trainer.sandbox", "train.py"]
 
 
 def sandbox_verdict(code: int, scratch: Path, log_tail: str) -> tuple | None:
-    """('invalid', violations) or ('infra', why) for the sandbox's own exit codes, else None."""
-    sandbox = sandbox_module()
-    if sandbox is None:
-        return None
+    """('invalid', violations) or ('infra', why) for the sandbox's own exit codes and records; None when the
+    sandbox has nothing to say (the exit is the candidate's own, classified by the caller)."""
     if code == sandbox.SETUP_EXIT:
         return ("infra", f"the sandbox could not be set up (exit {code}); log tail:\n{_last_lines(log_tail)}")
     try:
@@ -387,6 +382,7 @@ class Running:
             peak_vram_mb=_number(fin.get("peak_vram_mb")) or 0.0,
             tokens=_count(fin.get("tokens")), steps=_count(fin.get("steps")),
             backend=str(fin.get("backend", ""))[:TEXT_FIELD_MAX],
+            flops_per_token=_number(fin.get("flops_per_token")),
             device=device_name(spec), seed=spec.seed, loss_curve=list(self.curve),
             timeline=dict(self.timeline), log_tail=self.log.tail_text())
 
@@ -457,7 +453,7 @@ def _apply_verdict(result: TrialResult, verdict: dict) -> None:
     result.val_bpb = _number(verdict.get("val_bpb"))
     result.val_loss = _number(verdict.get("val_loss"))
     result.params = _count(verdict.get("params"))
-    result.mfu = mfu(result.params, result.tokens, result.training_seconds, result.device)
+    result.mfu = flops.mfu(result.flops_per_token, result.tokens, result.training_seconds, result.device)
 
 
 def run_trial(spec: TrialSpec, on_event=None) -> TrialResult:
@@ -521,21 +517,6 @@ def early_stop_check(spec: TrialSpec, progress: float, loss: float | None) -> st
             f"x (1 + {spec.early_stop_margin}) = {limit:.4f}")
 
 
-def peak_flops(name: str) -> float | None:
-    for key, flops in PEAK_FLOPS:
-        if key.lower() in name.lower():
-            return flops
-    return None
-
-
-def mfu(params: int, tokens: int, seconds: float, device: str) -> float | None:
-    """Model FLOPs utilisation: 6 * params * tokens / seconds / device peak; None if the peak is unknown."""
-    peak = peak_flops(device)
-    if peak is None or seconds <= 0 or params <= 0:
-        return None
-    return FLOPS_PER_PARAM_TOKEN * params * tokens / seconds / peak
-
-
 _DEVICE_NAMES: dict = {}
 
 
@@ -583,4 +564,4 @@ def _last_lines(text: str, n: int = 20) -> str:
 
 
 __all__ = ["launch", "Running", "Partial", "judge_trial", "run_trial", "training_limit", "early_stop_check",
-           "parent_loss_at", "mfu", "peak_flops", "device_name", "gpu_name", "base_env", "trial_env", "trial_command"]
+           "parent_loss_at", "device_name", "gpu_name", "base_env", "trial_env", "trial_command"]

@@ -45,7 +45,8 @@ DEFAULT_FILE_MB = 8192
 DEFAULT_SCRATCH_MB = 16384
 MEMORY_FRACTION = 0.75                           # default RLIMIT_AS on CPU: this share of physical memory
 DISK_POLL_SECONDS = 1.0
-FIXED_HELPERS = ("torch", "numpy", "judge.loader", "judge.handoff", "trainer.harness", "trainer.attention")
+FIXED_HELPERS = ("torch", "numpy", "judge.loader", "judge.handoff", "trainer.harness", "trainer.attention",
+                 "trainer.flops")
 FROZEN_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.optim", "time", "math", "builtins")
 FROZEN_CLASSES = (("torch", "Tensor"), ("torch.nn", "Module"), ("torch.optim", "Optimizer"))
 # Attributes that torch itself rewraps when torch._dynamo is imported lazily (torch.compile): not a patch.

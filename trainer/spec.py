@@ -17,6 +17,9 @@ ENV_SEED = "POPSEARCH_SEED"
 ENV_EVENTS_FD = "POPSEARCH_EVENTS_FD"            # trial -> runner: JSON lines (start, progress, finish)
 ENV_GO_FD = "POPSEARCH_GO_FD"                    # runner -> trial: one byte when the device is free
 ENV_THREADS = "POPSEARCH_THREADS"                # CPU threads for torch in CPU mode
+ENV_ATTENTION = "POPSEARCH_ATTENTION"            # fa3 | flex | sdpa: skip the backend chain (trainer/attention.py)
+ENV_KERNEL_DIR = "POPSEARCH_KERNEL_DIR"          # a local FA3 kernel repo (build/<variant>/...), no hub needed
+ATTENTION_BACKENDS = ("fa3", "flex", "sdpa")
 
 
 @dataclass
@@ -63,6 +66,7 @@ class TrialSpec:
     early_stop_margin: float = 0.0       # stop when loss > parent's loss * (1 + margin) past min_progress
     early_stop_min_progress: float = 0.3
     wait_for_go: bool = False            # overlap: block before training until the runner says go
+    operator_env: dict = field(default_factory=dict)   # trainer.trial_env.OPERATOR_ENV settings for trial and judge
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,7 +90,8 @@ class TrialResult:
     peak_vram_mb: float = 0.0            # reported by the trial (informational)
     tokens: int = 0                      # reported by the trial (informational)
     steps: int = 0                       # reported by the trial (informational)
-    mfu: float | None = None             # from reported tokens, judge's params and device peak
+    flops_per_token: float | None = None # reported by the trial (trainer/flops.py's formula, informational)
+    mfu: float | None = None             # flops_per_token x tokens / training seconds / device peak
     backend: str = ""                    # attention backend the trial used
     device: str = ""                     # device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu"
     seed: int = 0

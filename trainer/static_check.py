@@ -8,7 +8,7 @@ import ast
 
 ALLOWED_MODULES = ("torch", "math", "time", "os", "dataclasses", "functools", "itertools", "collections",
                    "typing", "numpy", "__future__", "enum", "abc", "contextlib")
-ALLOWED_FIXED = ("judge.loader", "judge.handoff", "trainer.harness", "trainer.attention")
+ALLOWED_FIXED = ("judge.loader", "judge.handoff", "trainer.harness", "trainer.attention", "trainer.flops")
 BANNED_TORCH = ("torch.distributed", "torch.hub", "torch.multiprocessing", "torch.utils.cpp_extension",
                 "torch.utils.data", "torch._C", "torch.ops", "torch.package", "torch.jit")
 OS_ALLOWED = frozenset({"environ", "getenv", "path", "cpu_count", "getpid", "sep", "linesep", "name"})

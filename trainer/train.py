@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from judge.loader import TrainingBatches, data_info
-from trainer.attention import attention, backend_name
+from trainer.attention import attention, backend_name, prepare_attention
+from trainer.flops import flops_per_token
 from trainer.harness import Trial
 
 # --- hyperparameters ---
@@ -128,7 +129,7 @@ class GPT(nn.Module):
         if VE_GATE_CHANNELS > MODEL_DIM:
             raise ValueError(f"VE_GATE_CHANNELS={VE_GATE_CHANNELS} exceeds MODEL_DIM={MODEL_DIM}")
         self.vocab_size = vocab_size
-        windows = layer_windows(DEPTH, WINDOW_PATTERN, SHORT_WINDOW, SEQ_LEN)
+        self.windows = windows = layer_windows(DEPTH, WINDOW_PATTERN, SHORT_WINDOW, SEQ_LEN)
         self.ve_layers = [i for i in range(DEPTH) if (DEPTH - 1 - i) % VALUE_EMBED_EVERY == 0]
         self.embed = nn.Embedding(vocab_size, MODEL_DIM)
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab_size, MODEL_DIM) for i in self.ve_layers})
@@ -169,6 +170,11 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
+    def flops_per_token(self):
+        """Training FLOPs per token by trainer/flops.py (what popsearch's MFU and flops budgets count)."""
+        return flops_per_token(self, [(MODEL_DIM, window) for window in self.windows], SEQ_LEN)
+
+
 def build_model():
     """The model to train and to judge; vocab size from the training data's meta.json."""
     return GPT(data_info()["vocab_size"])
@@ -191,24 +197,41 @@ def newton_schulz(G, steps=NS_STEPS):
 
 
 class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-schulz: Nesterov momentum, then an orthogonalized update."""
+    """MomentUm Orthogonalized by Newton-schulz: Nesterov momentum, then an orthogonalized update.
+    Matrices of one shape are stacked and orthogonalized in one batched call."""
 
     def __init__(self, params, lr, momentum, weight_decay, orthogonalize=newton_schulz):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.orthogonalize = orthogonalize
 
+    def same_shape_stacks(self, group):
+        """The group's matrices that have gradients, in lists of one shape each."""
+        stacks = {}
+        for p in group["params"]:
+            if p.grad is not None:
+                stacks.setdefault(tuple(p.shape), []).append(p)
+        return list(stacks.values())
+
+    @torch.no_grad()
+    def warm_up(self):
+        """Compile the orthogonalization for every stacked shape, changing no parameter and no state."""
+        for group in self.param_groups:
+            for params in self.same_shape_stacks(group):
+                self.orthogonalize(torch.stack([p.grad for p in params]))
+
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - mom)
-                update = self.orthogonalize(p.grad.lerp(buf, mom))
-                p.mul_(1 - lr * wd)
-                p.add_(update.to(p.dtype), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+            for params in self.same_shape_stacks(group):
+                grads = [p.grad for p in params]
+                bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - mom)
+                update = self.orthogonalize(torch.stack([g.lerp(b, mom) for g, b in zip(grads, bufs)]))
+                rows, cols = params[0].shape
+                torch._foreach_mul_(params, 1 - lr * wd)
+                torch._foreach_add_(params, list(update.to(params[0].dtype).unbind(0)),
+                                    alpha=-lr * max(1.0, rows / cols) ** 0.5)
 
 
 def make_optimizers(model, orthogonalize=newton_schulz):
@@ -282,7 +305,8 @@ def main():
     compiled = COMPILE and on_cuda
     orthogonalize = torch.compile(newton_schulz, dynamic=False) if compiled else newton_schulz
     optimizers = make_optimizers(model, orthogonalize)
-    train_model = torch.compile(model, dynamic=False) if compiled else model
+    prepare_attention(SEQ_LEN, {(window, 0) for window in model.windows}, trial.device)
+    train_model = torch.compile(model, dynamic=False, fullgraph=True) if compiled else model
     accum = accumulation_steps()
     batches = TrainingBatches(DEVICE_BATCH_SIZE, SEQ_LEN, device=trial.device, seed=trial.seed + SEED_OFFSET)
     autocast = torch.autocast(device_type=trial.device_type, dtype=torch.bfloat16, enabled=on_cuda)
@@ -290,16 +314,14 @@ def main():
     print(f"params: {n_params:,}  accumulation: {accum}  device: {trial.device}  compile: {compiled}  "
           f"attention: {backend_name(trial.device_type)}")
 
-    # warm-up (compile) outside the budget: one forward/backward and one orthogonalization per shape
+    # warm-up (compile) outside the budget: one forward/backward and one orthogonalization per stacked shape
     t0 = time.perf_counter()
     train_step(train_model, batches, 1, autocast)
-    with torch.no_grad():                                # as in Muon.step, so nothing recompiles later
-        for p in optimizers[1].param_groups[0]["params"]:
-            orthogonalize(p.grad)
+    optimizers[1].warm_up()
     model.zero_grad(set_to_none=True)
     print(f"warm-up: {time.perf_counter() - t0:.1f}s")
 
-    trial.start(model)
+    trial.start(model, flops_per_token=model.flops_per_token())
     progress, step, t_log, loss = 0.0, 0, time.perf_counter(), torch.tensor(float("nan"))
     while not trial.done():
         apply_schedule(optimizers, progress)

@@ -3,21 +3,26 @@
 Also where the caches live and where the sandbox writes its record of violations."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
 from pathlib import Path
 
 from judge.spec import ENV_CACHE, ENV_TRAIN_DIR, ENV_WEIGHTS
+from trainer import sandbox
 from trainer import spec as S
 from trainer.processes import ENV_TOKEN
-from trainer.spec import TrialSpec
+from trainer.spec import ATTENTION_BACKENDS, ENV_ATTENTION, ENV_KERNEL_DIR, TrialSpec
 
 ENV_COMPILE_CACHE = "POPSEARCH_COMPILE_CACHE"
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "CUDA_HOME",
             "CUDA_PATH", "CUDA_DEVICE_ORDER", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRITON_CACHE_DIR")
 PASS_ENV_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_", "KERNELS_")   # operator settings of the node
+# Operator settings the driver reads once from its own environment and hands to every trial and judge process
+# through TrialSpec.operator_env (so they hold on every node of a cluster): the attention backend and where an
+# offline node finds the FA3 kernel, and the sandbox's knobs (trainer/sandbox.py).
+OPERATOR_ENV = (ENV_ATTENTION, ENV_KERNEL_DIR, "LOCAL_KERNELS", sandbox.ENV_MEMORY_MB, sandbox.ENV_FILE_MB,
+                sandbox.ENV_SCRATCH_MB, sandbox.ENV_LANDLOCK, sandbox.ENV_EXTRA_READ, sandbox.ENV_EXTRA_WRITE,
+                sandbox.ENV_ALLOW_SUBPROCESS)
 
 
 SCOPE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -58,6 +63,7 @@ def base_env(spec: TrialSpec) -> dict:
     env[S.ENV_THREADS] = str(spec.threads)
     env[ENV_TRAIN_DIR] = str(Path(spec.data_dir) / "train")
     env["TORCHINDUCTOR_CACHE_DIR"] = compile_cache(spec)
+    env.update(checked_operator_env(spec.operator_env))
     if spec.device == "cuda":
         visible = spec.gpu_index if spec.gpu_index is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
@@ -72,11 +78,29 @@ def violations_path(scratch: Path) -> Path:
     return scratch.with_name(scratch.name + ".violations")
 
 
+def operator_env(environ=None) -> dict:
+    """The operator settings (OPERATOR_ENV) set in `environ` (default: this process's environment), checked."""
+    environ = os.environ if environ is None else environ
+    return checked_operator_env({k: environ[k] for k in OPERATOR_ENV if environ.get(k)})
+
+
+def checked_operator_env(settings: dict) -> dict:
+    """`settings` when every name is an operator setting and the attention ones make sense; else ValueError."""
+    unknown = sorted(set(settings) - set(OPERATOR_ENV))
+    if unknown:
+        raise ValueError(f"operator settings {unknown} are not ones a trial takes (known: {', '.join(OPERATOR_ENV)})")
+    force = settings.get(ENV_ATTENTION, "")
+    if force and force not in ATTENTION_BACKENDS:
+        raise ValueError(f"{ENV_ATTENTION}={force!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+    folder = settings.get(ENV_KERNEL_DIR, "")
+    if folder and not Path(folder).is_dir():
+        raise ValueError(f"{ENV_KERNEL_DIR}={folder}: no such folder (a local kernel repo with build/<variant>/)")
+    return dict(settings)
+
+
 def trial_env(spec: TrialSpec, scratch: Path, token: str) -> dict:
     env = base_env(spec)
-    sandbox = sandbox_module()
-    if sandbox is not None:
-        env[sandbox.ENV_VIOLATIONS] = str(violations_path(scratch))
+    env[sandbox.ENV_VIOLATIONS] = str(violations_path(scratch))
     env[ENV_WEIGHTS] = str(scratch / "weights.pt")
     env[S.ENV_BUDGET_KIND] = spec.budget_kind
     env[S.ENV_BUDGET_SECONDS] = repr(float(spec.budget_seconds))
@@ -85,10 +109,3 @@ def trial_env(spec: TrialSpec, scratch: Path, token: str) -> dict:
     env[S.ENV_SEED] = str(spec.seed)
     env[ENV_TOKEN] = token
     return env
-
-
-def sandbox_module():
-    """trainer.sandbox (the trial bootstrap of issue 5) when it exists, else None."""
-    if importlib.util.find_spec("trainer.sandbox") is None:
-        return None
-    return importlib.import_module("trainer.sandbox")

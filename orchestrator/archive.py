@@ -48,7 +48,11 @@ class ArchiveError(Exception):
 
 
 class ArchiveLocked(ArchiveError):
-    """Another driver holds the archive's lock."""
+    """Another driver holds the archive's lock (or created the archive at the same moment)."""
+
+
+class NotAnArchive(ArchiveError):
+    """The folder is missing, or is not a popsearch archive."""
 
 
 class HeadMoved(ArchiveError):
@@ -112,15 +116,15 @@ def lock_holder(path) -> int | None:
 
 def _open_repo(path: Path) -> git.Repo:
     if not path.is_dir():
-        raise ArchiveError(f"{path}: no such archive folder")
+        raise NotAnArchive(f"{path}: no such archive folder")
     if not (path / ".git").is_dir():
-        raise ArchiveError(f"{path}: not a popsearch archive (no .git folder there); `popsearch run` creates one")
+        raise NotAnArchive(f"{path}: not a popsearch archive (no .git folder there); `popsearch run` creates one")
     repo = git.Repo(path)
     with repo.config_reader() as config:
         mark = config.get_value(*MARKER) if config.has_option(*MARKER) else None
     if str(mark) != FORMAT_VERSION:
         repo.close()
-        raise ArchiveError(f"{path}: a git repository but not a popsearch archive "
+        raise NotAnArchive(f"{path}: a git repository but not a popsearch archive "
                            f"(git config {'.'.join(MARKER)} is {mark!r}, expected {FORMAT_VERSION!r})")
     return repo
 
@@ -138,6 +142,21 @@ def _init_repo(folder: Path) -> None:
         fh.write("# popsearch: written beside the archive, never committed\n" + "\n".join(EXCLUDES) + "\n")
     ledger.ledger_dir(folder).mkdir()
     repo.close()
+
+
+def _created_elsewhere(path: Path) -> str:
+    return (f"{path} was created by another popsearch driver at the same moment; that driver runs the "
+            f"population (`popsearch status {path}`)")
+
+
+def _rename_into_place(building: Path, path: Path) -> None:
+    """Move a finished draft to `path` (absent or an empty folder); ArchiveLocked when another one got there."""
+    try:
+        os.rename(building, path)
+    except OSError as exc:
+        if path.is_dir() and any(path.iterdir()):
+            raise ArchiveLocked(_created_elsewhere(path)) from None
+        raise ArchiveError(f"{path}: could not create the archive there: {exc.strerror}") from None
 
 
 def _check_members(members) -> list[str]:
@@ -172,21 +191,33 @@ class Archive:
     def create(cls, path, seed_source: str, members: list[str], message: str = "seed train.py") -> "Archive":
         """A new archive at `path` (absent or empty): root commit with the seed, one branch per member.
 
-        Built in a hidden sibling folder and renamed into place, so a kill leaves no half-made archive."""
+        Built in a hidden sibling folder and renamed into place, so a kill leaves no half-made archive; the
+        draft's lock moves with it, so no other driver can open the archive between the rename and the lock.
+        Of two drivers creating one archive at once, the second gets ArchiveLocked and leaves nothing behind."""
         path = Path(path).resolve()
+        if (path / ".git").exists():
+            raise ArchiveLocked(_created_elsewhere(path))
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ArchiveError(f"{path} already exists and is not empty; open it, or pick a new folder")
+            raise NotAnArchive(f"{path} already exists, is not empty and is not a popsearch archive; "
+                               f"pick a new folder")
         names = _check_members(members)
         building = path.parent / f".{path.name}.creating-{os.getpid()}"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
-        _init_repo(building)
-        with cls(building) as draft:
+        draft = None
+        try:
+            _init_repo(building)
+            draft = cls(building)
             draft._seed(seed_source, names, message)
-        if path.exists():
-            path.rmdir()
-        os.rename(building, path)
-        return cls(path)
+            draft.repo.close()
+            _rename_into_place(building, path)
+            draft.path, draft.repo = path, _open_repo(path)
+            return draft
+        except BaseException:
+            if draft is not None:
+                draft.close()
+            shutil.rmtree(building, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         if self._lock is not None:
@@ -619,6 +650,13 @@ class Archive:
         """Finish every write a kill interrupted, then make the ledger match the trailers. Idempotent."""
         from orchestrator.repair import repair_archive     # repair.py builds on this module
         return repair_archive(self)
+
+
+def check_archive(archive_dir) -> Path:
+    """The archive's resolved path; NotAnArchive when the folder is missing or not a popsearch archive."""
+    path = Path(archive_dir).expanduser().resolve()
+    _open_repo(path).close()
+    return path
 
 
 def repair(archive_dir) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY_OVERRIDES
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +56,7 @@ def test_ray_job_submit_runs_a_population(tmp_path, ray_head, data_spec, cache_r
     archive = tmp_path / "archive"
     cfg = {
         "archive": str(archive),
-        "population": {"size": 2},
+        "population": {"size": 2, "overrides": dict(TINY_OVERRIDES)},
         "budget": {"seconds": 2.0, "startup_floor": 60.0},
         "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache_root)},
         "judge": {"seq_len": 64, "eval_tokens": 4096},

@@ -88,6 +88,16 @@ def _tree_order(entry) -> bytes:
 
 def _acquire_lock(path: Path):
     """An exclusive flock on ARCHIVE/.lock holding our pid; ArchiveLocked when another process has it."""
+    handle = _locked_handle(path)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _locked_handle(path: Path):
+    """ARCHIVE/.lock opened and flocked (exclusive, non-blocking); ArchiveLocked naming the holder's pid."""
     handle = open(path / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,11 +107,14 @@ def _acquire_lock(path: Path):
         handle.close()
         raise ArchiveLocked(f"{path} is in use by another popsearch driver (pid {holder}); "
                             "stop it first, or open the archive read-only") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
     return handle
+
+
+def check_unlocked(path) -> None:
+    """ArchiveLocked when another process holds the archive's lock now (a real flock test, not the pid file)."""
+    handle = _locked_handle(Path(path))
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
 
 
 def lock_holder(path) -> int | None:
@@ -650,6 +663,12 @@ class Archive:
         """Finish every write a kill interrupted, then make the ledger match the trailers. Idempotent."""
         from orchestrator.repair import repair_archive     # repair.py builds on this module
         return repair_archive(self)
+
+
+def is_archive(path) -> bool:
+    """A folder that a run reopens instead of creating (a git repository is there)."""
+    path = Path(path)
+    return (path / ".git").exists() or (path / "HEAD").exists()
 
 
 def check_archive(archive_dir) -> Path:

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from orchestrator.archive import ArchiveLocked, NotAnArchive, check_archive
+from orchestrator.archive import ArchiveLocked, NotAnArchive, check_archive, check_unlocked, is_archive
 from orchestrator.config import ConfigError, load, validate
 
 SUMMARY_KEYS = ("status", "val_bpb", "val_loss", "reason", "training_seconds", "startup_seconds", "judge_seconds",
@@ -137,11 +137,13 @@ def run_population(cfg) -> int:
     """Check what the run needs, run it, write the report; a signal or a lost cluster ends it with one line
     that says how to resume (pending trials stay in the archive)."""
     from orchestrator.config import seed_source
-    from orchestrator.driver import ClusterLost, is_archive, run
     validate(cfg, where=cfg.source or "<config>")
     path = Path(cfg.archive).expanduser().resolve()
     if not is_archive(path):
         seed_source(cfg)                   # a seed that does not parse is refused before anything starts
+    else:
+        check_unlocked(path)               # told before the driver (and torch) is even imported
+    from orchestrator.driver import ClusterLost, run
     try:
         archive = run(cfg)
     except (Interrupted, KeyboardInterrupt) as exc:
@@ -167,20 +169,23 @@ def write_report_quietly(archive: Path) -> None:
 
 
 def cmd_status(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.report import status_text
-    print(status_text(check_archive(args.archive)))
+    print(status_text(path))
     return 0
 
 
 def cmd_report(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.report import write_report
-    print(f"report: {write_report(check_archive(args.archive))}")
+    print(f"report: {write_report(path)}")
     return 0
 
 
 def cmd_repair(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.archive import repair
-    print(repair(check_archive(args.archive)))
+    print(repair(path))
     return 0
 
 
@@ -204,16 +209,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_trial(args) -> int:
-    from judge.prepare import prepare
-    from orchestrator import budget as budget_rules
     from orchestrator.config import seed_source
-    from orchestrator.population import Job
-    from trainer.runner import run_trial
     cfg = load(args.config)
     if args.budget:
         cfg.budget.seconds = args.budget
         validate(cfg, where="--budget")
     source = candidate_source(args.train_py) if args.train_py else seed_source(cfg)
+    from judge.prepare import prepare
+    from orchestrator import budget as budget_rules
+    from orchestrator.population import Job
+    from trainer.runner import run_trial
     spec_data = prepare(cfg.data, log=print)
     device = args.device or cfg.resources.device
     if device == "auto":

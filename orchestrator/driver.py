@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator import budget as budget_rules
 from orchestrator import selection
-from orchestrator.archive import Archive
+from orchestrator.archive import Archive, is_archive
 from orchestrator.config import Config, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
@@ -630,11 +630,6 @@ def static_problem(source: str, proposer: str) -> str:
     from trainer.static_check import check_source
     problems = check_source(source)
     return ("static check: " + "; ".join(problems))[:500] if problems else ""
-
-
-def is_archive(path: Path) -> bool:
-    """A folder that a run reopens instead of creating (a git repository is there)."""
-    return (path / ".git").exists() or (path / "HEAD").exists()
 
 
 def cluster_alive(ray, timeout: float = CLUSTER_PROBE_SECONDS) -> bool:

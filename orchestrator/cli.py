@@ -24,12 +24,18 @@ class BadInput(Exception):
     """A file or folder named on the command line that can't be used; the message says which and why."""
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT reached the driver."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT reached the driver (a KeyboardInterrupt, which Ray's blocking calls pass through)."""
+
+    received: list = []                  # the signals caught; Ray's calls re-raise a bare KeyboardInterrupt
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def stop_signal() -> int:
+    return Interrupted.received[0] if Interrupted.received else signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"config error: {exc}")
     except (BadInput, NotAnArchive, ArchiveLocked) as exc:
         return fail(str(exc))
-    except (Interrupted, KeyboardInterrupt) as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+    except KeyboardInterrupt:
+        signum = stop_signal()
         print(f"popsearch: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
 
@@ -59,6 +65,7 @@ def catch_stop_signals() -> None:
     def on_signal(signum, frame):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
+        Interrupted.received.append(signum)
         raise Interrupted(signum)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
@@ -146,8 +153,8 @@ def run_population(cfg) -> int:
     from orchestrator.driver import ClusterLost, run
     try:
         archive = run(cfg)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+    except KeyboardInterrupt:
+        signum = stop_signal()
         print(f"popsearch: interrupted by {signal.Signals(signum).name}; pending trials are kept: "
               f"`popsearch resume {path}` continues where this stopped", file=sys.stderr)
         return 128 + signum

@@ -85,3 +85,19 @@ def test_sigterm_and_sigint_end_alike_and_resume(tmp_path, cache_root, data_spec
                                         f"`popsearch resume {archive}` continues where this stopped"]
     assert set(kept) <= set(pending_ids(archive)) | set(judged_ids(archive))     # none lost, none run twice
     assert len(set(pending_ids(archive)) | set(judged_ids(archive))) == len(pending_ids(archive) + judged_ids(archive))
+
+
+def test_a_lost_local_ray_stops_the_run_with_nothing_recorded(tmp_path, cache_root, data_spec):
+    """The raylet this driver started is killed mid-trial: one line, exit 1, every trial still pending."""
+    archive = (tmp_path / "archive").resolve()
+    log = tmp_path / "run.log"
+    proc = start(["run", str(small_config(tmp_path, cache_root))], log)
+    wait_for(log, "actor cpu0 on", proc)
+    raylet = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "ray/raylet"], capture_output=True, text=True)
+    os.kill(int(raylet.stdout.split()[0]), signal.SIGKILL)        # the raylet of this driver's own Ray only
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("popsearch: the Ray cluster is gone"), err
+    assert f"`popsearch resume {archive}` continues once Ray is back" in lines[0]
+    assert pending_ids(archive) and judged_ids(archive) == []      # nothing recorded as infra, nothing lost

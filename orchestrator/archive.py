@@ -158,8 +158,8 @@ def _init_repo(folder: Path) -> None:
 
 
 def _created_elsewhere(path: Path) -> str:
-    return (f"{path} was created by another popsearch driver at the same moment; that driver runs the "
-            f"population (`popsearch status {path}`)")
+    return (f"{path} already exists and is not empty: another popsearch driver created it at the same moment "
+            f"and runs the population (`popsearch status {path}`)")
 
 
 def _rename_into_place(building: Path, path: Path) -> None:

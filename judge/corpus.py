@@ -178,17 +178,29 @@ def clean_text(text: str) -> str:
 
 # ---------------------------------------------------------------- local folders
 
+def local_corpus_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+
+
+def local_corpus_problem(folder: Path) -> str:
+    """Why a local:PATH corpus folder can't be read ('' when it can)."""
+    if not folder.is_dir():
+        return "no such folder"
+    if not local_corpus_files(folder):
+        return "no .parquet, .txt or .jsonl files"
+    return ""
+
+
 def local_corpus(folder: Path, val_docs: int = 0, max_train_docs: int = 0) -> Corpus:
     """A folder of parquet (`text` column), .txt or .jsonl (`text` field) files.
 
     Parquet shards named shard_XXXXX.parquet: the LAST shard is the validation split and other files
     are ignored. Otherwise whole files are held out by split_units (each document is its own unit
     when there are < 20 files)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data.corpus local:{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
-    if not files:
-        raise FileNotFoundError(f"data.corpus local:{folder}: no .parquet, .txt or .jsonl files")
+    problem = local_corpus_problem(folder)
+    if problem:
+        raise FileNotFoundError(f"data.corpus local:{folder}: {problem}")
+    files = local_corpus_files(folder)
     shards = [p for p in files if SHARD_NAME.match(p.name)]
     info = {"source": str(folder.resolve()), "files": len(files)}
     if len(shards) >= 2:                             # other files (README.txt, ...) are not corpus

@@ -45,12 +45,12 @@ NETWORK_EVENTS = ("socket.__new__", "socket.connect", "socket.bind", "socket.sen
                   "socket.gethostbyname_ex", "socket.getnameinfo", "socket.sethostname")
 # Events that candidate code may not raise itself (a library may: tracebacks read tb_frame).
 DIRECT_EVENTS = ("sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
-                 "gc.get_objects", "gc.get_referrers", "gc.get_referents", "exec", "compile",
+                 "gc.get_objects", "gc.get_referrers", "gc.get_referents", "compile",
                  "code.__new__", "function.__new__", "fcntl.ioctl", "sys._getframemodulename",
                  "sys.addaudithook")
 WRITE_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
                 "os.utime": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,),
-                "os.removexattr": (0,), "os.symlink": (1,), "os.link": (0, 1), "os.rename": (0, 1),
+                "os.removexattr": (0,), "os.symlink": (1,), "os.link": (0, 1),
                 "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copymode": (1,),
                 "shutil.copystat": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1),
                 "shutil.chown": (0,), "shutil.unpack_archive": (1,), "os.truncate": (0,)}
@@ -259,29 +259,37 @@ def _make_hook(policy: dict, record, resolve, violations_fd):
 
 
 def _event_checks(policy: dict, resolve, violations_fd) -> dict:
-    """event name -> check(args, direct) returning a violation message or None."""
+    """event name -> check(args, direct) returning a violation message or None; each event has one check
+    (`exec` and `os.rename` have their own, which also cover the direct call and the write rule)."""
     read_ok, write_ok, open_ok = _path_checks(policy, resolve)
-    checks = {"open": lambda a, d: open_ok(a[0], a[2] if len(a) > 2 else 0),
-              "os.listdir": lambda a, d: read_ok(a[0] if a[0] is not None else ".", "lists"),
-              "os.scandir": lambda a, d: read_ok(a[0] if a[0] is not None else ".", "lists")}
+    checks: dict = {}
+
+    def put(event: str, check) -> None:
+        if event in checks:
+            raise ValueError(f"guard event {event!r} has two checks")
+        checks[event] = check
+
+    put("open", lambda a, d: open_ok(a[0], a[2] if len(a) > 2 else 0))
+    put("os.listdir", lambda a, d: read_ok(a[0] if a[0] is not None else ".", "lists"))
+    put("os.scandir", lambda a, d: read_ok(a[0] if a[0] is not None else ".", "lists"))
     for event, positions in WRITE_EVENTS.items():
-        checks[event] = _write_event_check(event, positions, write_ok, violations_fd)
-    checks["os.rename"] = _rename_check(policy, resolve, write_ok)
+        put(event, _write_event_check(event, positions, write_ok, violations_fd))
+    put("os.rename", _rename_check(policy, resolve, write_ok))
     for event in PROCESS_EVENTS:
-        checks[event] = _process_check(event, policy)
+        put(event, _process_check(event, policy))
     for event in NETWORK_EVENTS:
-        checks[event] = (lambda a, d, e=event: None if policy["network"] else f"uses the network ({e})")
+        put(event, lambda a, d, e=event: None if policy["network"] else f"uses the network ({e})")
     for event in DIRECT_EVENTS + CTYPES_EVENTS:
-        checks[event] = (lambda a, d, e=event: f"calls {e} from the candidate's code" if d else None)
+        put(event, lambda a, d, e=event: f"calls {e} from the candidate's code" if d else None)
     for event in ALWAYS_DENIED:
-        checks[event] = _denied_check(event, policy)
-    checks["object.__getattr__"] = lambda a, d: (
+        put(event, _denied_check(event, policy))
+    put("object.__getattr__", lambda a, d: (
         f"reads the interpreter's internals ({a[1]}) from the candidate's code"
-        if d and a[1] in FRAME_ATTRS else None)
-    checks["object.__setattr__"] = _setattr_check
-    checks["object.__delattr__"] = _setattr_check
-    checks["import"] = _import_check(policy, resolve)
-    checks["exec"] = _exec_check(policy, resolve)
+        if d and a[1] in FRAME_ATTRS else None))
+    put("object.__setattr__", _setattr_check)
+    put("object.__delattr__", _setattr_check)
+    put("import", _import_check(policy, resolve))
+    put("exec", _exec_check(policy, resolve))
     return checks
 
 

@@ -48,7 +48,11 @@ class ArchiveError(Exception):
 
 
 class ArchiveLocked(ArchiveError):
-    """Another driver holds the archive's lock."""
+    """Another driver holds the archive's lock (or created the archive at the same moment)."""
+
+
+class NotAnArchive(ArchiveError):
+    """The folder is missing, or is not a popsearch archive."""
 
 
 class HeadMoved(ArchiveError):
@@ -84,6 +88,16 @@ def _tree_order(entry) -> bytes:
 
 def _acquire_lock(path: Path):
     """An exclusive flock on ARCHIVE/.lock holding our pid; ArchiveLocked when another process has it."""
+    handle = _locked_handle(path)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _locked_handle(path: Path):
+    """ARCHIVE/.lock opened and flocked (exclusive, non-blocking); ArchiveLocked naming the holder's pid."""
     handle = open(path / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,11 +107,14 @@ def _acquire_lock(path: Path):
         handle.close()
         raise ArchiveLocked(f"{path} is in use by another popsearch driver (pid {holder}); "
                             "stop it first, or open the archive read-only") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
     return handle
+
+
+def check_unlocked(path) -> None:
+    """ArchiveLocked when another process holds the archive's lock now (a real flock test, not the pid file)."""
+    handle = _locked_handle(Path(path))
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
 
 
 def lock_holder(path) -> int | None:
@@ -112,15 +129,15 @@ def lock_holder(path) -> int | None:
 
 def _open_repo(path: Path) -> git.Repo:
     if not path.is_dir():
-        raise ArchiveError(f"{path}: no such archive folder")
+        raise NotAnArchive(f"{path}: no such archive folder")
     if not (path / ".git").is_dir():
-        raise ArchiveError(f"{path}: not a popsearch archive (no .git folder there); `popsearch run` creates one")
+        raise NotAnArchive(f"{path}: not a popsearch archive (no .git folder there); `popsearch run` creates one")
     repo = git.Repo(path)
     with repo.config_reader() as config:
         mark = config.get_value(*MARKER) if config.has_option(*MARKER) else None
     if str(mark) != FORMAT_VERSION:
         repo.close()
-        raise ArchiveError(f"{path}: a git repository but not a popsearch archive "
+        raise NotAnArchive(f"{path}: a git repository but not a popsearch archive "
                            f"(git config {'.'.join(MARKER)} is {mark!r}, expected {FORMAT_VERSION!r})")
     return repo
 
@@ -138,6 +155,21 @@ def _init_repo(folder: Path) -> None:
         fh.write("# popsearch: written beside the archive, never committed\n" + "\n".join(EXCLUDES) + "\n")
     ledger.ledger_dir(folder).mkdir()
     repo.close()
+
+
+def _created_elsewhere(path: Path) -> str:
+    return (f"{path} already exists and is not empty: another popsearch driver created it at the same moment "
+            f"and runs the population (`popsearch status {path}`)")
+
+
+def _rename_into_place(building: Path, path: Path) -> None:
+    """Move a finished draft to `path` (absent or an empty folder); ArchiveLocked when another one got there."""
+    try:
+        os.rename(building, path)
+    except OSError as exc:
+        if path.is_dir() and any(path.iterdir()):
+            raise ArchiveLocked(_created_elsewhere(path)) from None
+        raise ArchiveError(f"{path}: could not create the archive there: {exc.strerror}") from None
 
 
 def _check_members(members) -> list[str]:
@@ -172,21 +204,33 @@ class Archive:
     def create(cls, path, seed_source: str, members: list[str], message: str = "seed train.py") -> "Archive":
         """A new archive at `path` (absent or empty): root commit with the seed, one branch per member.
 
-        Built in a hidden sibling folder and renamed into place, so a kill leaves no half-made archive."""
+        Built in a hidden sibling folder and renamed into place, so a kill leaves no half-made archive; the
+        draft's lock moves with it, so no other driver can open the archive between the rename and the lock.
+        Of two drivers creating one archive at once, the second gets ArchiveLocked and leaves nothing behind."""
         path = Path(path).resolve()
+        if (path / ".git").exists():
+            raise ArchiveLocked(_created_elsewhere(path))
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ArchiveError(f"{path} already exists and is not empty; open it, or pick a new folder")
+            raise NotAnArchive(f"{path} already exists, is not empty and is not a popsearch archive; "
+                               f"pick a new folder")
         names = _check_members(members)
         building = path.parent / f".{path.name}.creating-{os.getpid()}"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
-        _init_repo(building)
-        with cls(building) as draft:
+        draft = None
+        try:
+            _init_repo(building)
+            draft = cls(building)
             draft._seed(seed_source, names, message)
-        if path.exists():
-            path.rmdir()
-        os.rename(building, path)
-        return cls(path)
+            draft.repo.close()
+            _rename_into_place(building, path)
+            draft.path, draft.repo = path, _open_repo(path)
+            return draft
+        except BaseException:
+            if draft is not None:
+                draft.close()
+            shutil.rmtree(building, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         if self._lock is not None:
@@ -619,6 +663,19 @@ class Archive:
         """Finish every write a kill interrupted, then make the ledger match the trailers. Idempotent."""
         from orchestrator.repair import repair_archive     # repair.py builds on this module
         return repair_archive(self)
+
+
+def is_archive(path) -> bool:
+    """A folder that a run reopens instead of creating (a git repository is there)."""
+    path = Path(path)
+    return (path / ".git").exists() or (path / "HEAD").exists()
+
+
+def check_archive(archive_dir) -> Path:
+    """The archive's resolved path; NotAnArchive when the folder is missing or not a popsearch archive."""
+    path = Path(archive_dir).expanduser().resolve()
+    _open_repo(path).close()
+    return path
 
 
 def repair(archive_dir) -> dict:

@@ -5,27 +5,70 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
-from orchestrator.config import ConfigError, load
+from orchestrator.archive import ArchiveLocked, NotAnArchive, check_archive, check_unlocked, is_archive
+from orchestrator.config import ConfigError, load, validate
 
 SUMMARY_KEYS = ("status", "val_bpb", "val_loss", "reason", "training_seconds", "startup_seconds", "judge_seconds",
                 "total_seconds", "budget_seconds", "steps", "tokens", "params", "peak_vram_mb", "mfu", "backend",
                 "device", "seed")
 
 
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """A file or folder named on the command line that can't be used; the message says which and why."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT reached the driver (a KeyboardInterrupt, which Ray's blocking calls pass through)."""
+
+    received: list = []                  # the signals caught; Ray's calls re-raise a bare KeyboardInterrupt
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_signal() -> int:
+    return Interrupted.received[0] if Interrupted.received else signal.SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    catch_stop_signals()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"popsearch: config error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"config error: {exc}")
+    except (BadInput, NotAnArchive, ArchiveLocked) as exc:
+        return fail(str(exc))
     except KeyboardInterrupt:
-        print("popsearch: interrupted; `popsearch resume ARCHIVE` continues where this stopped", file=sys.stderr)
-        return 130
+        signum = stop_signal()
+        print(f"popsearch: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+
+
+def fail(line: str) -> int:
+    print(f"popsearch: {line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def catch_stop_signals() -> None:
+    """SIGTERM (schedulers, `timeout`, `ray job stop`) and SIGINT (Ctrl-C) both raise Interrupted in the main
+    thread; a second signal during the clean-up is ignored, so the clean-up finishes."""
+    def on_signal(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        Interrupted.received.append(signum)
+        raise Interrupted(signum)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,29 +120,48 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from orchestrator.driver import run
     cfg = load(args.config)
     if args.archive:
         cfg.archive = args.archive
     if args.max_trials is not None:
         cfg.stop.max_trials = args.max_trials
-    archive = run(cfg)
-    write_report_quietly(archive)
-    return 0
+    return run_population(cfg)
 
 
 def cmd_resume(args) -> int:
-    from orchestrator.driver import run
-    path = Path(args.archive)
+    path = check_archive(args.archive)
     saved = path / "config.yaml"
     if not saved.exists():
-        print(f"popsearch: {path} is not a popsearch archive (no config.yaml)", file=sys.stderr)
-        return 2
+        raise BadInput(f"{path} is not a popsearch archive (no config.yaml)")
     cfg = load(saved)
     cfg.archive = str(path)
     if args.max_trials is not None:
         cfg.stop.max_trials = args.max_trials
-    archive = run(cfg)
+    return run_population(cfg)
+
+
+def run_population(cfg) -> int:
+    """Check what the run needs, run it, write the report; a signal or a lost cluster ends it with one line
+    that says how to resume (pending trials stay in the archive)."""
+    from orchestrator.config import seed_source
+    validate(cfg, where=cfg.source or "<config>")
+    path = Path(cfg.archive).expanduser().resolve()
+    if not is_archive(path):
+        seed_source(cfg)                   # a seed that does not parse is refused before anything starts
+    else:
+        check_unlocked(path)               # told before the driver (and torch) is even imported
+    from orchestrator.driver import ClusterLost, run
+    try:
+        archive = run(cfg)
+    except KeyboardInterrupt:
+        signum = stop_signal()
+        print(f"popsearch: interrupted by {signal.Signals(signum).name}; pending trials are kept: "
+              f"`popsearch resume {path}` continues where this stopped", file=sys.stderr)
+        return 128 + signum
+    except ClusterLost as exc:
+        print(f"popsearch: {exc}; pending trials are kept: `popsearch resume {path}` continues once Ray is "
+              f"back", file=sys.stderr)
+        return 1
     write_report_quietly(archive)
     return 0
 
@@ -114,20 +176,23 @@ def write_report_quietly(archive: Path) -> None:
 
 
 def cmd_status(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.report import status_text
-    print(status_text(Path(args.archive)))
+    print(status_text(path))
     return 0
 
 
 def cmd_report(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.report import write_report
-    print(f"report: {write_report(Path(args.archive))}")
+    print(f"report: {write_report(path)}")
     return 0
 
 
 def cmd_repair(args) -> int:
+    path = check_archive(args.archive)
     from orchestrator.archive import repair
-    print(repair(Path(args.archive)))
+    print(repair(path))
     return 0
 
 
@@ -143,6 +208,7 @@ def cmd_prepare(args) -> int:
     cfg = load(args.config)
     if args.corpus:
         cfg.data.corpus = args.corpus
+        validate(cfg, where="--corpus")
     spec = prepare(cfg.data, log=print)
     print(f"data: {spec.data_dir}")
     print(f"train tokens: {spec.n_train_tokens}  val tokens: {spec.n_val_tokens}  vocab: {spec.vocab_size}")
@@ -150,16 +216,17 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_trial(args) -> int:
-    from judge.prepare import prepare
-    from orchestrator import budget as budget_rules
     from orchestrator.config import seed_source
-    from orchestrator.driver import checked_operator_settings
-    from orchestrator.population import Job
-    from trainer.runner import run_trial
     cfg = load(args.config)
     if args.budget:
         cfg.budget.seconds = args.budget
-    source = Path(args.train_py).read_text() if args.train_py else seed_source(cfg)
+        validate(cfg, where="--budget")
+    source = candidate_source(args.train_py) if args.train_py else seed_source(cfg)
+    from judge.prepare import prepare
+    from orchestrator import budget as budget_rules
+    from orchestrator.driver import checked_operator_settings
+    from orchestrator.population import Job
+    from trainer.runner import run_trial
     spec_data = prepare(cfg.data, log=print)
     device = args.device or cfg.resources.device
     if device == "auto":
@@ -177,6 +244,13 @@ def cmd_trial(args) -> int:
     result = run_trial(spec, on_event=progress_printer()).to_dict()
     print(summary_block(result))
     return 0 if result["status"] == "ok" else 1
+
+
+def candidate_source(train_py: str) -> str:
+    path = Path(train_py)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    return path.read_text()
 
 
 def progress_printer():

@@ -4,6 +4,7 @@ Every error names the file and the dotted key that is wrong; nothing starts on a
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,18 @@ from trainer.spec import BudgetConfig
 PROPOSERS = ("mutate", "agent", "inbox")
 YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
 
-# The built-in default is the CPU demo: the baseline train.py shrunk by these overrides
-# (configs/demo.yaml spells the same values out; a test keeps the two equal).
+# The built-in default (`popsearch run` with no config) is the CPU demo: the baseline train.py shrunk by
+# these overrides. configs/demo.yaml spells the same values out (a test keeps the two equal); a config file
+# that omits population.overrides trains the baseline as it is.
 DEMO_OVERRIDES = {
     "DEPTH": 2, "MODEL_DIM": 64, "N_HEADS": 2, "SEQ_LEN": 64, "DEVICE_BATCH_SIZE": 8,
     "TOTAL_BATCH_SIZE": 512, "SHORT_WINDOW": 32, "COMPILE": False,
 }
+
+
+# Each member is a git branch that must be trained before selection can rank it; past this many the first
+# round alone outlasts any run, and the archive's refs and the live board stop being readable.
+MAX_POPULATION = 10_000
 
 
 class ConfigError(ValueError):
@@ -29,10 +36,44 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class Where:
+    """The file a config came from and the line of each dotted key in it (for error messages)."""
+    file: str
+    lines: dict = field(default_factory=dict)
+
+    def at(self, key: str = "") -> str:
+        line = self.lines.get(key)
+        return f"{self.file}:{line}" if line else self.file
+
+
+def _where(where) -> Where:
+    return where if isinstance(where, Where) else Where(str(where))
+
+
+def key_lines(text: str) -> dict:
+    """{dotted key: 1-based line} of every mapping key in a YAML text (empty when it does not compose)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict = {}
+
+    def walk(node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            dotted = prefix + str(key.value)
+            lines[dotted] = key.start_mark.line + 1
+            walk(value, dotted + ".")
+    walk(root, "")
+    return lines
+
+
+@dataclass
 class PopulationConfig:
     size: int = 4                        # members kept alive at once
     seed_train_py: str = ""              # '' = trainer/train.py shipped with popsearch
-    overrides: dict = field(default_factory=lambda: dict(DEMO_OVERRIDES))  # rewritten into the seed at creation
+    overrides: dict = field(default_factory=dict)  # constants rewritten into the seed at creation
 
 
 @dataclass
@@ -103,29 +144,43 @@ class Config:
 def load(path: str | Path | None = None) -> Config:
     """Read a YAML config and validate it; no path gives the built-in default (the CPU demo)."""
     if path is None:
-        cfg = Config(source="<built-in demo>")
-        validate(cfg, where=cfg.source)
-        return cfg
+        return builtin_demo()
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file" if not path.exists() else f"{path}: not a file")
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{at}: not valid YAML: {' '.join(str(problem).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty (run without a config for the built-in demo)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    cfg = from_dict(raw, where=str(path))
+    where = Where(str(path), key_lines(text))
+    cfg = from_dict(raw, where=where)
     cfg.source = str(path)
-    validate(cfg, where=str(path))
+    validate(cfg, where=where)
     return cfg
 
 
-def from_dict(raw: dict, where: str = "<dict>") -> Config:
+def builtin_demo() -> Config:
+    """`popsearch run` with no config: the CPU demo (the same as configs/demo.yaml)."""
+    cfg = Config(source="<built-in demo>")
+    cfg.population.overrides = dict(DEMO_OVERRIDES)
+    validate(cfg, where=cfg.source)
+    return cfg
+
+
+def from_dict(raw: dict, where: str | Where = "<dict>") -> Config:
+    where = _where(where)
     return _build(Config, _budget_value(raw, where), where, prefix="")
 
 
-def _budget_value(raw: dict, where: str) -> dict:
+def _budget_value(raw: dict, where: Where) -> dict:
     """`budget: {kind: flops, value: N}` (or kind time) is shorthand for budget.flops / budget.seconds."""
     budget = raw.get("budget")
     if not isinstance(budget, dict) or "value" not in budget:
@@ -133,25 +188,26 @@ def _budget_value(raw: dict, where: str) -> dict:
     budget = dict(budget)
     key = "flops" if budget.get("kind") == "flops" else "seconds"
     if key in budget:
-        raise ConfigError(f"{where}: keys 'budget.value' and 'budget.{key}' say the same thing; keep one")
+        raise ConfigError(f"{where.at('budget.value')}: keys 'budget.value' and 'budget.{key}' say the same thing; "
+                          f"keep one")
     budget[key] = budget.pop("value")
     return {**raw, "budget": budget}
 
 
-def _build(cls, raw: dict, where: str, prefix: str):
+def _build(cls, raw: dict, where: Where, prefix: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
         key = prefix + unknown[0]
-        raise ConfigError(f"{where}: unknown key '{key}' (known keys here: {', '.join(sorted(known))})")
+        raise ConfigError(f"{where.at(key)}: unknown key '{key}' (known keys here: {', '.join(sorted(known))})")
     values = {}
     for name, value in raw.items():
         key = prefix + name
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: key '{key}' must be a mapping, got {value!r}")
+                raise ConfigError(f"{where.at(key)}: key '{key}' must be a mapping, got {value!r}")
             values[name] = _build(kind, value, where, prefix=key + ".")
         else:
             if kind is str and isinstance(value, bool) and key in YAML_SWITCHES:
@@ -160,7 +216,7 @@ def _build(cls, raw: dict, where: str, prefix: str):
     return cls(**values)
 
 
-def _coerce(value, kind, where: str, key: str):
+def _coerce(value, kind, where: Where, key: str):
     origin = typing.get_origin(kind)
     if origin is typing.Union or str(kind).startswith("str | None"):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -171,11 +227,13 @@ def _coerce(value, kind, where: str, key: str):
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        number = _number(value)
+        if number is not None and math.isfinite(number) and number == int(number):
+            return int(number)
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = _number(value)
+        if number is not None:
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -184,58 +242,150 @@ def _coerce(value, kind, where: str, key: str):
             return dict(value)
     else:
         return value
-    raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{where.at(key)}: key '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def validate(cfg: Config, where: str = "<config>") -> None:
-    """Range and consistency checks; raises ConfigError naming the key."""
+def _number(value) -> float | int | None:
+    """An int or float, or a string YAML 1.1 left unparsed (`1e15`, `3e2`) read as one; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _at_least(low):
+    return lambda v: v >= low, f"must be >= {low}"
+
+
+def _above(low):
+    return lambda v: v > low, f"must be > {low}"
+
+
+def _between(low, high, note=""):
+    return lambda v: low <= v <= high, f"must be between {low} and {high}{note}"
+
+
+# The range of every numeric setting (a test checks that none is missing). Floats must also be finite.
+NUMBER_RULES = {
+    "seed": _at_least(0),
+    "population.size": _between(1, MAX_POPULATION, " (each member is a branch that must be trained before "
+                                                   "selection can rank it)"),
+    "budget.seconds": _above(0),
+    "budget.flops": _at_least(0),
+    "budget.reference_speed": _at_least(0),
+    "budget.startup_allowance": _at_least(0),
+    "budget.startup_floor": _at_least(0),
+    "budget.finish_allowance": _above(0),
+    "budget.overrun_tolerance": _between(0, 1),
+    "data.vocab_size": (lambda v: 260 <= v <= 1 << 20, "must be between 260 (256 bytes + specials) and 1048576"),
+    "data.max_train_docs": _at_least(0),
+    "data.val_docs": _at_least(0),
+    "data.climbmix_shards": _at_least(1),
+    "data.climbmix_val_shard": _at_least(0),
+    "data.download_workers": _at_least(1),
+    "data.download_retries": _at_least(0),
+    "judge.seq_len": _at_least(8),
+    "judge.eval_tokens": _at_least(8),
+    "judge.eval_batch": _at_least(1),
+    "judge.probe_positions": _at_least(1),
+    "judge.timeout_seconds": _above(0),
+    "proposers.mutate_changes": _at_least(1),
+    "proposers.agent_concurrency": _at_least(1),
+    "proposers.agent_timeout": _above(0),
+    "proposers.queue_depth": _at_least(0),
+    "selection.noise_seeds": _at_least(1),
+    "selection.margin_std": _at_least(0),
+    "selection.margin": _at_least(0),
+    "selection.max_runs": _at_least(1),
+    "selection.cull_every": (lambda v: v >= 1, "must be at least 1 (to never cull, set it above stop.max_trials)"),
+    "selection.cull_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
+    "selection.patience": _at_least(0),
+    "selection.early_stop_margin": _at_least(0),
+    "selection.early_stop_min_progress": _between(0, 1),
+    "stop.max_trials": _at_least(0),
+    "stop.max_wall_seconds": _at_least(0),
+    "resources.cpu_slots": _at_least(0),
+    "resources.threads_per_trial": _at_least(1),
+    "resources.max_retries": _at_least(0),
+    "resources.log_cap_bytes": _at_least(1024),
+}
+
+
+def numeric_settings(obj, prefix: str = "") -> dict:
+    """{dotted key: value} of every int and float setting of a config (or section), nested ones included."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(numeric_settings(value, prefix + f.name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix + f.name] = value
+    return out
+
+
+def validate(cfg: Config, where: str | Where = "<config>") -> None:
+    """Range and consistency checks; raises ConfigError naming the file, the key and, when known, its line."""
+    where = _where(where)
+
     def need(ok: bool, key: str, what: str):
         if not ok:
-            raise ConfigError(f"{where}: key '{key}' {what}")
+            raise ConfigError(f"{where.at(key)}: key '{key}' {what}")
 
-    need(cfg.population.size >= 1, "population.size", "must be at least 1")
+    for key, value in numeric_settings(cfg).items():
+        need(math.isfinite(value), key, f"must be a finite number, got {value!r}")
+        rule = NUMBER_RULES.get(key)
+        if rule is not None:
+            need(rule[0](value), key, f"{rule[1]}, got {value!r}")
     need(cfg.budget.kind in ("time", "flops"), "budget.kind", "must be 'time' or 'flops'")
-    need(cfg.budget.seconds > 0, "budget.seconds", "must be > 0")
     need(cfg.budget.kind != "flops" or cfg.budget.flops > 0, "budget.flops", "must be > 0 when budget.kind is flops")
-    need(cfg.budget.reference_speed >= 0, "budget.reference_speed", "must be >= 0")
-    need(cfg.data.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 bytes + specials)")
     corpus = cfg.data.corpus
     need(corpus in ("builtin", "climbmix") or corpus.startswith("local:"), "data.corpus",
          f"must be builtin, climbmix or local:PATH, got {corpus!r}")
-    need(cfg.judge.seq_len >= 8, "judge.seq_len", "must be at least 8")
+    if corpus.startswith("local:"):
+        from judge.corpus import local_corpus_problem
+        folder = Path(corpus[len("local:"):]).expanduser()
+        problem = local_corpus_problem(folder)
+        need(not problem, "data.corpus", f"names {folder}: {problem}")
     need(cfg.judge.eval_tokens >= cfg.judge.seq_len, "judge.eval_tokens", "must be at least judge.seq_len")
-    need(cfg.judge.eval_batch >= 1, "judge.eval_batch", "must be at least 1")
     bad = sorted(set(cfg.proposers.weights) - set(PROPOSERS))
     need(not bad, "proposers.weights", f"names unknown proposers {bad} (known: {', '.join(PROPOSERS)})")
-    need(all(isinstance(w, (int, float)) and w >= 0 for w in cfg.proposers.weights.values()),
-         "proposers.weights", "must map proposer names to weights >= 0")
-    need(sum(cfg.proposers.weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
-    need(cfg.proposers.weights.get("agent", 0) == 0 or bool(cfg.proposers.agent_command.strip()),
+    weights = cfg.proposers.weights
+    need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+             for w in weights.values()), "proposers.weights", "must map proposer names to finite weights >= 0")
+    need(sum(weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
+    need(weights.get("agent", 0) == 0 or bool(cfg.proposers.agent_command.strip()),
          "proposers.agent_command", "must be set when proposers.weights.agent > 0")
-    need(cfg.proposers.agent_concurrency >= 1, "proposers.agent_concurrency", "must be at least 1")
-    need(cfg.proposers.agent_timeout > 0, "proposers.agent_timeout", "must be > 0")
-    need(cfg.proposers.mutate_changes >= 1, "proposers.mutate_changes", "must be at least 1")
-    need(0 < cfg.selection.cull_fraction < 1, "selection.cull_fraction", "must be between 0 and 1")
-    need(cfg.selection.max_runs >= 1, "selection.max_runs", "must be at least 1")
-    need(cfg.selection.noise_seeds >= 1, "selection.noise_seeds", "must be at least 1 (the baseline run)")
-    need(cfg.selection.margin >= 0 and cfg.selection.margin_std >= 0, "selection.margin", "must be >= 0")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")
-    need(cfg.resources.threads_per_trial >= 1, "resources.threads_per_trial", "must be at least 1")
-    need(cfg.stop.max_trials >= 0, "stop.max_trials", "must be >= 0")
     if cfg.population.seed_train_py:
         need(Path(cfg.population.seed_train_py).expanduser().exists(), "population.seed_train_py",
              f"points at {cfg.population.seed_train_py}, which does not exist")
 
 
-def seed_source(cfg: Config) -> str:
-    """The seed train.py of a new population, with the config's constant overrides applied."""
+def seed_path(cfg: Config) -> Path:
+    """The seed train.py of a new population: population.seed_train_py, else the one shipped with popsearch."""
     import trainer
-    from trainer.constants import apply_overrides
-    path = Path(cfg.population.seed_train_py).expanduser() if cfg.population.seed_train_py \
+    return Path(cfg.population.seed_train_py).expanduser() if cfg.population.seed_train_py \
         else Path(trainer.__file__).parent / "train.py"
+
+
+def seed_source(cfg: Config) -> str:
+    """The seed train.py of a new population, with the config's constant overrides applied; ConfigError
+    naming the file and line when it does not parse."""
+    from trainer.constants import apply_overrides
+    path = seed_path(cfg)
     source = path.read_text()
+    try:
+        compile(source, str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: the seed train.py does not parse: {exc.msg}") from None
     if not cfg.population.overrides:
         return source
     try:

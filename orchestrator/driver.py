@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from orchestrator import budget as budget_rules
 from orchestrator import selection
-from orchestrator.archive import Archive
+from orchestrator.archive import Archive, is_archive
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
@@ -23,9 +24,14 @@ from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 
 POLL_SECONDS = 1.0
+CLUSTER_PROBE_SECONDS = 15.0   # how long the cluster's control store may take to answer before it counts as gone
 INBOX_EVERY = 5.0            # seconds between scans of the inbox refs and patch folder
 BUILTIN_PROGRAM = ("Improve val_bpb by editing train.py only. The judge, the data and the budget are fixed. "
                    "Lower is better; small gains inside the noise margin are re-run; seed changes never count.")
+
+
+class ClusterLost(RuntimeError):
+    """The whole Ray cluster is gone: the run stops at once; trials in flight stay pending for resume."""
 
 
 class Driver:
@@ -53,11 +59,14 @@ class Driver:
         self.references: set = set()        # (head hash, device kind) whose reference run was asked for
         self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
         self.culling = False
+        self.lost: set[int] = set()         # actor indexes whose actor died (node lost): no dispatch there
+        self.replacing: dict = {}           # ray ref of a replacement actor's info() -> (actor index, actor)
+        self.shelved: list[Job] = []        # lost to infrastructure max_retries times: pending, for resume
         self.operator_env = checked_operator_settings()
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
-        if (self.archive_dir / ".git").exists() or (self.archive_dir / "HEAD").exists():
+        if is_archive(self.archive_dir):
             self.archive = Archive.open(self.archive_dir)
             self.say(f"resuming population in {self.archive_dir}")
         else:
@@ -83,7 +92,7 @@ class Driver:
             self.states[name] = selection.MemberState(name=name)
         for r in sorted(records, key=lambda r: r.get("finished_at") or 0):
             self._absorb_record(r)
-        self.finished = len(records)
+        self.finished = sum(1 for r in records if r.get("status") != "infra")   # infra rows never count
         self.next_id = 1 + max([_id_number(t) for t in done_ids] + [_id_number(p.trial_id) for p in
                                                                        self.archive.pending()] + [-1])
         for p in self.archive.pending():
@@ -148,22 +157,65 @@ class Driver:
                                               cfg.resources.threads_per_trial)
             cls = remote_worker_class(ray, num_gpus=0, num_cpus=cfg.resources.threads_per_trial)
         device = "cuda" if use_cuda else "cpu"
-        data = asdict(cfg.data)
-        self.actors = [cls.remote(f"{device}{i}", device, data, cfg.resources.threads_per_trial) for i in range(n)]
+        self.new_actor = lambda i: cls.remote(f"{device}{i}", device, asdict(cfg.data), cfg.resources.threads_per_trial)
+        self.actors = [self.new_actor(i) for i in range(n)]
         infos = ray.get([a.info.remote() for a in self.actors])
         self.data_dirs = ray.get([a.ensure_data.remote() for a in self.actors])
-        kinds = budget_rules.kind_speeds(infos)
-        ref = budget_rules.reference_speed(cfg.budget.reference_speed, [i["speed"] for i in infos])
+        self.kinds = budget_rules.kind_speeds(infos)
+        self.ref_speed = budget_rules.reference_speed(cfg.budget.reference_speed, [i["speed"] for i in infos])
+        self.spare = spare
         for info in infos:
-            info["measured_speed"] = info["speed"]
-            info["speed"] = kinds[info["device_name"]]
-            info["budget_factor"] = budget_rules.budget_factor(ref, info["speed"])
-            info["spare_core"] = spare
+            self.place(info)
         self.slots = infos
         self.actor_load = {i: 0 for i in range(n)}
         for i in infos:
             self.say(f"actor {i['slot']} on {i['node']}: {i['device_name']} measured {i['measured_speed']:.3g}, kind speed {i['speed']:.3g}, "
                      f"budget x{i['budget_factor']:.3f} = {cfg.budget.seconds * i['budget_factor']:.1f}s")
+
+    def place(self, info: dict) -> None:
+        """An actor's info, completed with its kind's speed and its budget factor."""
+        info["measured_speed"] = info["speed"]
+        info["speed"] = self.kinds.setdefault(info["device_name"], info["speed"])
+        info["budget_factor"] = budget_rules.budget_factor(self.ref_speed, info["speed"])
+        info["spare_core"] = self.spare
+
+    # ---- lost actors and nodes ----------------------------------------------------------
+    def actor_lost(self, ray, i: int, job: Job, exc: Exception) -> None:
+        """An actor died under a trial: a lost cluster stops the run; a lost node's trial goes to another actor
+        and a replacement actor is asked for (Ray places it wherever resources are, the node back included)."""
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        if not cluster_alive(ray):
+            self.ready.appendleft(job)
+            raise ClusterLost(f"the Ray cluster is gone ({reason})")
+        if i not in self.lost:
+            self.lost.add(i)
+            self.say(f"  actor {self.slots[i]['slot']} on {self.slots[i]['node']} was lost; asking Ray for a "
+                     f"replacement")
+            actor = self.new_actor(i)
+            self.replacing[actor.info.remote()] = (i, actor)
+        self.infra_failure(job, reason)
+
+    def revive(self, ray) -> None:
+        """Replacement actors that Ray has placed take their slot again (after their node prepared the data)."""
+        if not self.replacing:
+            return
+        done, _ = ray.wait(list(self.replacing), num_returns=len(self.replacing), timeout=0)
+        for ref in done:
+            i, actor = self.replacing.pop(ref)
+            try:
+                info = ray.get(ref)
+                data_dir = ray.get(actor.ensure_data.remote())
+            except Exception:
+                if not cluster_alive(ray):
+                    raise ClusterLost("the Ray cluster is gone (a replacement actor was lost)") from None
+                actor = self.new_actor(i)
+                self.replacing[actor.info.remote()] = (i, actor)
+                continue
+            self.place(info)
+            self.actors[i], self.slots[i], self.data_dirs[i] = actor, info, data_dir
+            self.actor_load[i] = 0
+            self.lost.discard(i)
+            self.say(f"  actor {info['slot']} is back on {info['node']}")
 
     # ---- proposals ----------------------------------------------------------------------
     def new_trial_id(self) -> str:
@@ -171,8 +223,15 @@ class Driver:
         self.next_id += 1
         return tid
 
-    def enqueue(self, proposal: Proposal) -> Job:
+    def enqueue(self, proposal: Proposal) -> Job | None:
+        """Queue a proposal as a pending trial; one the static check refuses is recorded as rejected (None)."""
         tid = self.new_trial_id()
+        problem = static_problem(proposal.source, proposal.proposer)
+        if problem:
+            row = self.archive.reject(proposal.member, proposal.parent_commit, tid, proposal.proposer,
+                                      proposal.message, problem, source=proposal.source)
+            self.rejected(row)
+            return None
         sha = self.archive.add_pending(proposal.member, proposal.parent_commit, proposal.source,
                                        proposal.message, tid, proposal.proposer)
         job = Job(trial_id=tid, member=proposal.member, parent_commit=proposal.parent_commit, commit=sha,
@@ -283,6 +342,11 @@ class Driver:
                 self.finished += 1
                 self.board.finished(row)
 
+    def rejected(self, row: dict) -> None:
+        """A proposal recorded as rejected without running: it counts as a finished trial."""
+        self.finished += 1
+        self.board.finished(row)
+
     def scan_inbox(self) -> None:
         from orchestrator.proposers.inbox import scan_inbox
         now = time.time()
@@ -291,7 +355,11 @@ class Driver:
         self.last_inbox = now
         patch_dir = self.cfg.proposers.inbox_dir or None
         for prop in scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say):
-            if prop.trial_id:                  # a ref: already pending in the archive
+            problem = static_problem(prop.source, "inbox") if prop.trial_id else ""
+            if problem:                        # a ref already pending in the archive, refused before it runs
+                self.rejected(self.archive.finish(prop.trial_id, {"status": "invalid", "verdict": "rejected",
+                                                                  "reason": problem, "finished_at": time.time()}))
+            elif prop.trial_id:                # a ref: already pending in the archive
                 self.ready.append(Job(trial_id=prop.trial_id, member=prop.member,
                                       parent_commit=prop.parent_commit, commit=prop.extra["pending_commit"],
                                       source=prop.source, proposer="inbox", message=prop.message,
@@ -327,7 +395,7 @@ class Driver:
 
     def next_dispatch(self, per_actor: int):
         """(job, actor index): the first ready job with a free actor of the right device kind."""
-        free = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor)
+        free = sorted((load, i) for i, load in self.actor_load.items() if load < per_actor and i not in self.lost)
         for job in list(self.ready):
             for _, i in free:
                 if not job.device_kind or self.slots[i]["device_name"] == job.device_kind:
@@ -366,8 +434,8 @@ class Driver:
             self.actor_load[i] -= 1
             try:
                 result = ray.get(ref)
-            except Exception as exc:         # actor or node died: not the candidate's fault
-                self.infra_failure(job, f"{type(exc).__name__}: {str(exc)[:200]}")
+            except Exception as exc:         # actor, node or cluster died: not the candidate's fault
+                self.actor_lost(ray, i, job, exc)
                 continue
             if result.get("status") == "infra":
                 self.infra_failure(job, result.get("reason", ""))
@@ -376,16 +444,16 @@ class Driver:
             self.on_result(job, result, self.slots[i])
 
     def infra_failure(self, job: Job, reason: str) -> None:
+        """Dispatch again, up to max_retries; then shelve it: it stays pending (never recorded, never counted
+        toward max_trials) and the next resume dispatches it again."""
         job.infra_failures += 1
         job.attempt += 1
         if job.attempt <= self.cfg.resources.max_retries:
             self.say(f"  {job.trial_id} lost to an infrastructure failure ({reason}); dispatching again")
             self.ready.appendleft(job)
             return
-        result = {"status": "infra", "reason": f"gave up after {job.attempt} infrastructure failures: {reason}"}
-        job.runs.append(result)
-        self.finish_job(job, result, {"kind": "discard", "decided_by": "infrastructure failures",
-                                      "margin": 0.0, "runs": 0}, {})
+        self.shelved.append(job)
+        self.say(f"  {job.trial_id} lost to infrastructure {job.attempt} times ({reason}); kept pending for resume")
 
     def on_result(self, job: Job, result: dict, slot: dict) -> None:
         job.runs.append(result)
@@ -482,7 +550,6 @@ class Driver:
             self.cull()
         finally:
             self.culling = False
-        self.operator_env = checked_operator_settings()
 
     def cull(self) -> None:
         """Retire the stale bottom members (none with a run on a device or awaiting a verdict) and fork
@@ -535,7 +602,9 @@ class Driver:
                     break
             self.harvest(ray)
             self.harvest_agents(ray)
-            self.board.tick(ray, self.actors, self.slots)
+            self.revive(ray)
+            alive = [i for i in range(len(self.actors)) if i not in self.lost]
+            self.board.tick(ray, [self.actors[i] for i in alive], [self.slots[i] for i in alive])
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -562,6 +631,31 @@ def _id_number(trial_id: str) -> int:
     return int(digits) if digits else -1
 
 
+def static_problem(source: str, proposer: str) -> str:
+    """Why the static check refuses a candidate ('' when it passes); the seed and head re-runs are not checked
+    (the operator chose the seed; a head passed when it was proposed)."""
+    if proposer in (BASELINE, REFERENCE):
+        return ""
+    from trainer.static_check import check_source
+    problems = check_source(source)
+    return ("static check: " + "; ".join(problems))[:500] if problems else ""
+
+
+def cluster_alive(ray, timeout: float = CLUSTER_PROBE_SECONDS) -> bool:
+    """Whether the cluster's control store answers within `timeout` and names at least one live node."""
+    answer: list = []
+
+    def probe() -> None:
+        try:
+            answer.append(any(node.get("Alive") for node in ray.nodes()))
+        except Exception:
+            answer.append(False)
+    thread = threading.Thread(target=probe, name="popsearch-cluster-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
 def save_config(cfg: Config, archive_dir: Path) -> None:
     import yaml
     path = archive_dir / "config.yaml"
@@ -571,23 +665,32 @@ def save_config(cfg: Config, archive_dir: Path) -> None:
 
 
 def connect_ray(cfg: Config):
-    """Join the cluster named by RAY_ADDRESS, or start a local one sized for this machine."""
+    """Join the cluster named by RAY_ADDRESS, or start a local one sized for this machine. ray.init replaces
+    the SIGTERM handler with a bare exit; the caller's handler is put back, so SIGTERM ends a run as SIGINT does."""
+    import signal
+
     import ray
     if ray.is_initialized():
         return ray
     env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    callers = signal.getsignal(signal.SIGTERM)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env={"env_vars": env})
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": env})
+    if callers is not None:
+        signal.signal(signal.SIGTERM, callers)
     return ray
 
 
 def run(cfg: Config, out=sys.stdout) -> Path:
     """Run (or resume) the population described by cfg until a stop rule fires; returns the archive dir."""
+    import ray as ray_module
+    joined_before = ray_module.is_initialized()     # a Ray the caller started is the caller's to stop
     driver = Driver(cfg, out)
     driver.open_archive()
+    ray = None
     try:
         driver.rebuild()
         ray = connect_ray(cfg)
@@ -595,7 +698,18 @@ def run(cfg: Config, out=sys.stdout) -> Path:
         driver.start_actors(ray)
         driver.loop(ray)
         driver.board.close()
-        driver.say(f"done: {driver.finished} trials in the archive {driver.archive_dir}")
+        shelved = f"; {len(driver.shelved)} lost to infrastructure, kept pending for resume" if driver.shelved else ""
+        driver.say(f"done: {driver.finished} trials in the archive {driver.archive_dir}{shelved}")
     finally:
         driver.archive.close()
+        if ray is not None and not joined_before:
+            stop_ray(ray)
     return driver.archive_dir
+
+
+def stop_ray(ray) -> None:
+    """Disconnect from Ray (a local Ray started by this driver stops with it); a cluster already gone is fine."""
+    try:
+        ray.shutdown()
+    except Exception:
+        pass

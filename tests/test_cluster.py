@@ -1,4 +1,5 @@
-"""The cluster path for real: `ray start --head`, `ray job submit` of a population, SUCCEEDED, ledger, `ray stop`.
+"""The cluster path for real: `ray start --head`, `ray job submit` of a population, SUCCEEDED, ledger; the test
+stops only its own Ray (the processes that use its temp dir), never `ray stop`.
 
 The working dir uploaded holds only the config; the archive and data stay outside it."""
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY_OVERRIDES
 
 BIN = Path(sys.executable).parent
 
@@ -44,8 +47,37 @@ def ray_head(tmp_path):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        ray_cmd("stop", "--force", env=env)
+        stop_own_ray(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def pids_using(temp: str) -> list[int]:
+    """Processes whose command line names this test's Ray temp dir (its head's GCS, raylet, agents, workers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_own_ray(temp: str, grace: float = 10.0) -> None:
+    """Stop the Ray this test started, by the PIDs that use its temp dir; never `ray stop` (it stops every
+    Ray cluster on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_using(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while pids_using(temp) and time.time() < deadline:
+            time.sleep(0.2)
 
 
 def test_ray_job_submit_runs_a_population(tmp_path, ray_head, data_spec, cache_root):
@@ -55,7 +87,7 @@ def test_ray_job_submit_runs_a_population(tmp_path, ray_head, data_spec, cache_r
     archive = tmp_path / "archive"
     cfg = {
         "archive": str(archive),
-        "population": {"size": 2},
+        "population": {"size": 2, "overrides": dict(TINY_OVERRIDES)},
         "budget": {"seconds": 2.0, "startup_floor": 60.0},
         "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache_root)},
         "judge": {"seq_len": 64, "eval_tokens": 4096},

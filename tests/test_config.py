@@ -1,9 +1,11 @@
 """The config schema: defaults equal configs/demo.yaml, bad keys and types are named with their file."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config, ConfigError, load, seed_source
+from orchestrator.config import (MAX_POPULATION, NUMBER_RULES, Config, ConfigError, builtin_demo, load,
+                                 numeric_settings, seed_source)
 from trainer.constants import read_constants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def test_range_and_consistency_checks(tmp_path):
 
 
 def test_overrides_shrink_the_shipped_train_py():
-    cfg = Config()
+    cfg = builtin_demo()
     constants = read_constants(seed_source(cfg))
     for key, value in cfg.population.overrides.items():
         assert constants[key] == value
@@ -82,3 +84,83 @@ def test_overlap_switch_reads_yaml_on_off(tmp_path):
     assert load(write(tmp_path, "resources: {overlap: off}\n")).resources.overlap == "off"
     with pytest.raises(ConfigError, match="resources.overlap"):
         load(write(tmp_path, "resources: {overlap: sometimes}\n"))
+
+
+def test_a_config_that_omits_overrides_trains_the_real_baseline(tmp_path):
+    cfg = load(write(tmp_path, "population:\n  size: 3\n"))
+    assert cfg.population.overrides == {} and Config().population.overrides == {}
+    baseline = (REPO / "trainer" / "train.py").read_text()
+    assert seed_source(cfg) == baseline
+    assert builtin_demo().population.overrides        # only the built-in demo (and demo.yaml) shrink it
+
+
+def test_scientific_notation_is_read_as_a_number(tmp_path):
+    cfg = load(write(tmp_path, "budget: {kind: flops, flops: 1e15, seconds: 3e2}\npopulation: {size: 1e1}\n"))
+    assert cfg.budget.flops == 1e15 and cfg.budget.seconds == 300.0
+    assert cfg.population.size == 10 and isinstance(cfg.population.size, int)
+    with pytest.raises(ConfigError, match=r"population\.size.*int"):
+        load(write(tmp_path, "population: {size: 2.5e0}\n"))
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="empty") as err:
+        load(write(tmp_path, "# nothing but a comment\n"))
+    assert str(tmp_path / "bad.yaml") in str(err.value)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("budget:\n  startup_floor: -1", "budget.startup_floor"),
+    ("budget:\n  finish_allowance: -5", "budget.finish_allowance"),
+    ("budget:\n  overrun_tolerance: -0.1", "budget.overrun_tolerance"),
+    ("stop:\n  max_wall_seconds: -60", "stop.max_wall_seconds"),
+    ("selection:\n  patience: -1", "selection.patience"),
+    ("resources:\n  max_retries: -1", "resources.max_retries"),
+    ("resources:\n  cpu_slots: -2", "resources.cpu_slots"),
+    ("judge:\n  timeout_seconds: -1", "judge.timeout_seconds"),
+    ("selection:\n  cull_every: 0", "selection.cull_every"),
+    ("budget:\n  seconds: .inf", "budget.seconds"),
+    ("budget:\n  seconds: .nan", "budget.seconds"),
+    ("budget:\n  seconds: 1e999", "budget.seconds"),
+    ("population:\n  size: 100000", "population.size"),
+])
+def test_out_of_range_numbers_name_the_file_key_and_line(tmp_path, text, key):
+    path = write(tmp_path, "seed: 0\n" + text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert f"{path}:3: key '{key}'" in str(err.value), str(err.value)
+
+
+def test_the_population_cap_gives_its_reason(tmp_path):
+    with pytest.raises(ConfigError, match=f"between 1 and {MAX_POPULATION}.*branch"):
+        load(write(tmp_path, f"population: {{size: {MAX_POPULATION + 1}}}\n"))
+    assert load(write(tmp_path, f"population: {{size: {MAX_POPULATION}}}\n")).population.size == MAX_POPULATION
+
+
+def test_every_numeric_setting_has_a_range_rule():
+    assert sorted(set(numeric_settings(Config())) - set(NUMBER_RULES)) == []
+    assert sorted(set(NUMBER_RULES) - set(numeric_settings(Config()))) == []
+
+
+def test_bad_yaml_and_bad_types_name_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: not valid YAML"):
+        load(write(tmp_path, "seed: 0\npopulation:\n\tsize: 1\n"))
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: key 'budget\.seconds' must be float"):
+        load(write(tmp_path, "seed: 0\nbudget:\n  seconds: five\n"))
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown key 'population\.sise'"):
+        load(write(tmp_path, "population:\n  sise: 3\n"))
+
+
+def test_a_seed_that_does_not_parse_names_its_file_and_line(tmp_path):
+    seed = tmp_path / "seed.py"
+    seed.write_text("x = 1\ndef broken(:\n    pass\n")
+    cfg = load(write(tmp_path, f"population: {{seed_train_py: {seed}}}\n"))
+    with pytest.raises(ConfigError, match=f"{seed}:2: the seed train.py does not parse"):
+        seed_source(cfg)
+
+
+def test_a_missing_local_corpus_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.corpus.*no such folder"):
+        load(write(tmp_path, f"data: {{corpus: 'local:{tmp_path / 'missing'}'}}\n"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"data\.corpus.*no .parquet, .txt or .jsonl"):
+        load(write(tmp_path, f"data: {{corpus: 'local:{tmp_path / 'empty'}'}}\n"))

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import TINY_OVERRIDES
 from orchestrator.archive import Archive
 
 POPSEARCH = [sys.executable, "-m", "orchestrator.cli"]
@@ -22,7 +23,7 @@ POPSEARCH = [sys.executable, "-m", "orchestrator.cli"]
 def small_config(tmp_path: Path, cache: Path, **stop) -> Path:
     cfg = {
         "archive": str(tmp_path / "archive"),
-        "population": {"size": 3},
+        "population": {"size": 3, "overrides": dict(TINY_OVERRIDES)},
         "budget": {"seconds": 2.0, "startup_floor": 60.0, "finish_allowance": 30.0},
         "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
         "judge": {"seq_len": 64, "eval_tokens": 4096, "eval_batch": 8},

@@ -13,7 +13,8 @@ import yaml
 from judge.spec import DataConfig, JudgeConfig
 from trainer.spec import BudgetConfig
 
-PROPOSERS = ("mutate", "agent", "inbox")
+PROPOSERS = ("mutate", "agent", "endpoint", "inbox")
+AGENT_CLIS = ("claude", "codex", "gemini", "aider", "opencode", "custom")   # proposers.agent presets
 YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
 
 # The built-in default is the CPU demo: the baseline train.py shrunk by these overrides
@@ -36,13 +37,30 @@ class PopulationConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat-completions endpoint (proposers.endpoint)."""
+    base_url: str = ""                   # e.g. http://vllm-head:8000/v1 (…/chat/completions is appended)
+    model: str = ""
+    api_key_env: str = ""                # name of the environment variable holding the key ('' = no key)
+    concurrency: int = 2                 # requests at once
+    timeout: float = 300.0               # seconds per request
+    retries: int = 2                     # further attempts after a failed or timed-out request
+    backoff: float = 2.0                 # seconds before the first retry, doubled after each
+    max_tokens: int = 8192               # of the answer
+    temperature: float = 0.7
+    prices: dict = field(default_factory=dict)   # model -> {prompt: $ per 1M tokens, completion: $ per 1M tokens}
+
+
+@dataclass
 class ProposerConfig:
     weights: dict = field(default_factory=lambda: {"mutate": 1.0})  # proposer -> share of proposals
     mutate_changes: int = 2              # a mutation changes 1..this many constants
-    agent_command: str = ""              # template with {workdir} {program} {history}
+    agent: str = "custom"                # claude | codex | gemini | aider | opencode | custom (agent_command)
+    agent_command: str = ""              # custom: template with {workdir} {program} {history}
     agent_concurrency: int = 2           # agents running at once
     agent_timeout: float = 900.0         # seconds before an agent is killed
-    program: str = "program.md"          # the research brief handed to agents (path)
+    program: str = ""                    # the research brief handed to agents (path); '' = the packaged program.md
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     inbox_dir: str = ""                  # '' = ARCHIVE/inbox
     queue_depth: int = 0                 # ready candidates kept ahead; 0 = 2 x actors
 
@@ -210,8 +228,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     need(all(isinstance(w, (int, float)) and w >= 0 for w in cfg.proposers.weights.values()),
          "proposers.weights", "must map proposer names to weights >= 0")
     need(sum(cfg.proposers.weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
-    need(cfg.proposers.weights.get("agent", 0) == 0 or bool(cfg.proposers.agent_command.strip()),
-         "proposers.agent_command", "must be set when proposers.weights.agent > 0")
+    _validate_agents(cfg.proposers, need)
     need(cfg.proposers.agent_concurrency >= 1, "proposers.agent_concurrency", "must be at least 1")
     need(cfg.proposers.agent_timeout > 0, "proposers.agent_timeout", "must be > 0")
     need(cfg.proposers.mutate_changes >= 1, "proposers.mutate_changes", "must be at least 1")
@@ -227,6 +244,29 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     if cfg.population.seed_train_py:
         need(Path(cfg.population.seed_train_py).expanduser().exists(), "population.seed_train_py",
              f"points at {cfg.population.seed_train_py}, which does not exist")
+
+
+def _validate_agents(p: ProposerConfig, need) -> None:
+    need(p.agent in AGENT_CLIS, "proposers.agent", f"must be one of {', '.join(AGENT_CLIS)}, got {p.agent!r}")
+    need(p.weights.get("agent", 0) == 0 or p.agent != "custom" or bool(p.agent_command.strip()),
+         "proposers.agent_command", "must be set when proposers.weights.agent > 0 and proposers.agent is custom")
+    need(not p.program or Path(p.program).expanduser().is_file(), "proposers.program",
+         f"points at {p.program}, which is not a file ('' = the program.md shipped with popsearch)")
+    e = p.endpoint
+    if p.weights.get("endpoint", 0) > 0:
+        need(e.base_url.startswith(("http://", "https://")), "proposers.endpoint.base_url",
+             f"must be an http:// or https:// URL when proposers.weights.endpoint > 0, got {e.base_url!r}")
+        need(bool(e.model.strip()), "proposers.endpoint.model", "must name the model when proposers.weights.endpoint > 0")
+    need(e.concurrency >= 1, "proposers.endpoint.concurrency", "must be at least 1")
+    need(e.timeout > 0, "proposers.endpoint.timeout", "must be > 0")
+    need(e.retries >= 0, "proposers.endpoint.retries", "must be >= 0")
+    need(e.backoff >= 0, "proposers.endpoint.backoff", "must be >= 0")
+    need(e.max_tokens >= 1, "proposers.endpoint.max_tokens", "must be at least 1")
+    need(0 <= e.temperature <= 2, "proposers.endpoint.temperature", "must be in [0, 2]")
+    for model, price in e.prices.items():
+        need(isinstance(price, dict) and set(price) <= {"prompt", "completion"}
+             and all(isinstance(v, (int, float)) and v >= 0 for v in price.values()),
+             f"proposers.endpoint.prices.{model}", "must be {prompt: $/1M tokens, completion: $/1M tokens}, both >= 0")
 
 
 def seed_source(cfg: Config) -> str:

@@ -13,8 +13,9 @@ PER = ("gpu_hours", "agent_seconds", "llm_tokens", "llm_cost")
 
 def device_seconds(row) -> float:
     """Seconds of device time a trial row used: each run's launch to judge end, else its total_seconds."""
+    text = row.get("timeline")
     try:
-        runs = json.loads(row.get("timeline") or "[]")
+        runs = json.loads(text) if isinstance(text, str) and text else []
     except ValueError:
         runs = []
     spans = [r["judge_end"] - r["launch"] for r in runs if isinstance(r, dict)

@@ -283,10 +283,11 @@ class Driver:
         heads = self.archive.heads()
         head_src = self.archive.source(heads[member])
         head_hash = source_hash(head_src)
-        trials = []
-        for row in self.archive.history(member)[-TRIALS_SHOWN:]:
+        trials = self.archive.history(member)
+        for i in range(max(0, len(trials) - TRIALS_SHOWN), len(trials)):     # diffs only for the rows shown
+            row = trials[i]
             parent = self.archive.source(row["parent_commit"]) if row.get("parent_commit") else ""
-            trials.append({**row, "diff": unified_diff(parent, self.archive.source(row["commit"]))})
+            trials[i] = {**row, "diff": unified_diff(parent, self.archive.source(row["commit"]))}
         jobs = [j for j, _ in self.in_flight.values()] + list(self.ready)
         jobs += [j for waiting in self.parked.values() for j, _, _ in waiting] + [j for j, _, _ in self.before_baseline]
         flight = [{"trial_id": j.trial_id, "proposer": j.proposer, "message": j.message,

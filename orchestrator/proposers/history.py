@@ -59,7 +59,7 @@ def _head_section(h: HistoryInputs) -> list[str]:
     else:
         lines.append(f"Head val_bpb: {h.head_score:.6f} (lower is better).")
     for device, runs in sorted(h.head_runs.items()):
-        lines.append(f"- runs on {device}: " + ", ".join(f"{v:.6f}" for v in runs))
+        lines.append(f"- runs on {device or 'an unrecorded device'}: " + ", ".join(f"{v:.6f}" for v in runs))
     for device, runs in sorted(h.noise.items()):
         if len(runs) >= 2:
             lines.append(f"- noise on {device}: seed runs {min(runs):.6f} .. {max(runs):.6f}, "

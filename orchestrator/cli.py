@@ -1,4 +1,4 @@
-"""The `popsearch` command: run, resume, status, report, trial, prepare, repair.
+"""The `popsearch` command: run, resume, status, report, trial, prepare, calibrate, program, repair.
 
 Each subcommand parses its arguments, loads the config, and hands off to one plain function."""
 from __future__ import annotations
@@ -113,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("--repeats", type=int, help="timed repeats (the median is the speed)")
     ca.set_defaults(func=cmd_calibrate)
 
+    pg = sub.add_parser("program", help="print the research brief agents get (the packaged program.md, or "
+                                         "the config's proposers.program), to start a custom one")
+    pg.add_argument("--config", help="YAML config (default: the built-in CPU demo)")
+    pg.set_defaults(func=cmd_program)
+
     rp = sub.add_parser("repair", help="rebuild the ledger from the archive's commit trailers")
     rp.add_argument("archive")
     rp.set_defaults(func=cmd_repair)
@@ -173,6 +178,12 @@ def write_report_quietly(archive: Path) -> None:
         print(f"report: {out}")
     except Exception as exc:  # a report is a view; failing to draw it never fails the run
         print(f"popsearch: could not write the report: {exc}", file=sys.stderr)
+
+
+def cmd_program(args) -> int:
+    from orchestrator.proposers.brief import program_text
+    sys.stdout.write(program_text(load(args.config).proposers.program))
+    return 0
 
 
 def cmd_status(args) -> int:

@@ -14,7 +14,8 @@ import yaml
 from judge.spec import DataConfig, JudgeConfig
 from trainer.spec import BudgetConfig
 
-PROPOSERS = ("mutate", "agent", "inbox")
+PROPOSERS = ("mutate", "agent", "endpoint", "inbox")
+AGENT_CLIS = ("claude", "codex", "gemini", "aider", "opencode", "custom")   # proposers.agent presets
 YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
 
 # The built-in default (`popsearch run` with no config) is the CPU demo: the baseline train.py shrunk by
@@ -77,13 +78,30 @@ class PopulationConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat-completions endpoint (proposers.endpoint)."""
+    base_url: str = ""                   # e.g. http://vllm-head:8000/v1 (…/chat/completions is appended)
+    model: str = ""
+    api_key_env: str = ""                # name of the environment variable holding the key ('' = no key)
+    concurrency: int = 2                 # requests at once
+    timeout: float = 300.0               # seconds per request
+    retries: int = 2                     # further attempts after a failed or timed-out request
+    backoff: float = 2.0                 # seconds before the first retry, doubled after each
+    max_tokens: int = 8192               # of the answer
+    temperature: float = 0.7
+    prices: dict = field(default_factory=dict)   # model -> {prompt: $ per 1M tokens, completion: $ per 1M tokens}
+
+
+@dataclass
 class ProposerConfig:
     weights: dict = field(default_factory=lambda: {"mutate": 1.0})  # proposer -> share of proposals
     mutate_changes: int = 2              # a mutation changes 1..this many constants
-    agent_command: str = ""              # template with {workdir} {program} {history}
+    agent: str = "custom"                # claude | codex | gemini | aider | opencode | custom (agent_command)
+    agent_command: str = ""              # custom: template with {workdir} {program} {history}
     agent_concurrency: int = 2           # agents running at once
     agent_timeout: float = 900.0         # seconds before an agent is killed
-    program: str = "program.md"          # the research brief handed to agents (path)
+    program: str = ""                    # the research brief handed to agents (path); '' = the packaged program.md
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     inbox_dir: str = ""                  # '' = ARCHIVE/inbox
     queue_depth: int = 0                 # ready candidates kept ahead; 0 = 2 x actors
 
@@ -299,6 +317,12 @@ NUMBER_RULES = {
     "proposers.agent_concurrency": _at_least(1),
     "proposers.agent_timeout": _above(0),
     "proposers.queue_depth": _at_least(0),
+    "proposers.endpoint.concurrency": _at_least(1),
+    "proposers.endpoint.timeout": _above(0),
+    "proposers.endpoint.retries": _at_least(0),
+    "proposers.endpoint.backoff": _at_least(0),
+    "proposers.endpoint.max_tokens": _at_least(1),
+    "proposers.endpoint.temperature": _between(0, 2),
     "selection.noise_seeds": _at_least(1),
     "selection.margin_std": _at_least(0),
     "selection.margin": _at_least(0),
@@ -359,14 +383,30 @@ def validate(cfg: Config, where: str | Where = "<config>") -> None:
     need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
              for w in weights.values()), "proposers.weights", "must map proposer names to finite weights >= 0")
     need(sum(weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
-    need(weights.get("agent", 0) == 0 or bool(cfg.proposers.agent_command.strip()),
-         "proposers.agent_command", "must be set when proposers.weights.agent > 0")
+    _validate_agents(cfg.proposers, need)
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")
     if cfg.population.seed_train_py:
         need(Path(cfg.population.seed_train_py).expanduser().exists(), "population.seed_train_py",
              f"points at {cfg.population.seed_train_py}, which does not exist")
+
+
+def _validate_agents(p: ProposerConfig, need) -> None:
+    need(p.agent in AGENT_CLIS, "proposers.agent", f"must be one of {', '.join(AGENT_CLIS)}, got {p.agent!r}")
+    need(p.weights.get("agent", 0) == 0 or p.agent != "custom" or bool(p.agent_command.strip()),
+         "proposers.agent_command", "must be set when proposers.weights.agent > 0 and proposers.agent is custom")
+    need(not p.program or Path(p.program).expanduser().is_file(), "proposers.program",
+         f"points at {p.program}, which is not a file ('' = the program.md shipped with popsearch)")
+    e = p.endpoint
+    if p.weights.get("endpoint", 0) > 0:
+        need(e.base_url.startswith(("http://", "https://")), "proposers.endpoint.base_url",
+             f"must be an http:// or https:// URL when proposers.weights.endpoint > 0, got {e.base_url!r}")
+        need(bool(e.model.strip()), "proposers.endpoint.model", "must name the model when proposers.weights.endpoint > 0")
+    for model, price in e.prices.items():
+        need(isinstance(price, dict) and set(price) <= {"prompt", "completion"}
+             and all(isinstance(v, (int, float)) and v >= 0 for v in price.values()),
+             f"proposers.endpoint.prices.{model}", "must be {prompt: $/1M tokens, completion: $/1M tokens}, both >= 0")
 
 
 def seed_path(cfg: Config) -> Path:

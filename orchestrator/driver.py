@@ -22,12 +22,12 @@ from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job
                                      needs_reference, run_scores, source_hash)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
+from orchestrator.proposers.brief import full_brief
 
 POLL_SECONDS = 1.0
 CLUSTER_PROBE_SECONDS = 15.0   # how long the cluster's control store may take to answer before it counts as gone
 INBOX_EVERY = 5.0            # seconds between scans of the inbox refs and patch folder
-BUILTIN_PROGRAM = ("Improve val_bpb by editing train.py only. The judge, the data and the budget are fixed. "
-                   "Lower is better; small gains inside the noise margin are re-run; seed changes never count.")
+COST_COLUMNS = ("agent_seconds", "agent_log", "llm_prompt_tokens", "llm_completion_tokens", "llm_cost")
 
 
 class ClusterLost(RuntimeError):
@@ -53,7 +53,7 @@ class Driver:
         self.margins: dict[str, float] = {}
         self.baseline: dict[str, list[float]] = {}
         self.t_start = time.time()
-        self.agent_refs: dict = {}          # ray ref -> (member, parent commit) of running agents
+        self.agent_refs: dict = {}          # ray ref -> (member, parent commit, proposer) of running agents/endpoints
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
         self.references: set = set()        # (head hash, device kind) whose reference run was asked for
@@ -236,7 +236,8 @@ class Driver:
                                        proposal.message, tid, proposal.proposer)
         job = Job(trial_id=tid, member=proposal.member, parent_commit=proposal.parent_commit, commit=sha,
                   source=proposal.source, proposer=proposal.proposer, message=proposal.message,
-                  seed_base=self.cfg.seed * 1000 + self.next_id)
+                  seed_base=self.cfg.seed * 1000 + self.next_id,
+                  cost={k: v for k, v in proposal.extra.items() if k in COST_COLUMNS})
         self.ready.append(job)
         return job
 
@@ -277,7 +278,7 @@ class Driver:
     def busy_members(self) -> dict[str, int]:
         busy: dict[str, int] = {}
         jobs = [job for job, _ in self.in_flight.values()] + list(self.ready)
-        jobs += [{"member": m} for m, _ in self.agent_refs.values()]
+        jobs += [{"member": m} for m, _, _ in self.agent_refs.values()]
         for job in jobs:
             name = job["member"] if isinstance(job, dict) else job.member
             busy[name] = busy.get(name, 0) + 1
@@ -287,12 +288,14 @@ class Driver:
         """The next candidate from the built-in mutator; starts an agent instead when the dice say so."""
         cfg = self.cfg.proposers
         available = ["mutate"] if cfg.weights.get("mutate", 0) > 0 else []
-        if len(self.agent_refs) < cfg.agent_concurrency:
+        if self.running("agent") < cfg.agent_concurrency:
             available.append("agent")
+        if self.running("endpoint") < cfg.endpoint.concurrency:
+            available.append("endpoint")
         name = selection.pick_proposer({k: v for k, v in cfg.weights.items() if k != "inbox"}, self.rng, available)
         member = selection.pick_member(self.states_alive(), self.rng, in_flight=self.busy_members())
-        if name == "agent":
-            self.start_agent(member)
+        if name in ("agent", "endpoint"):
+            self.start_agent(member, name)
             return None
         idle = sum(1 for load in self.actor_load.values() if load == 0)
         if name is None and (self.ready or idle == 0):
@@ -309,36 +312,81 @@ class Driver:
         heads = self.archive.heads()
         return {m: self.states.setdefault(m, selection.MemberState(name=m)) for m in heads}
 
-    def start_agent(self, member: str) -> None:
+    def running(self, proposer: str) -> int:
+        return sum(1 for _, _, name in self.agent_refs.values() if name == proposer)
+
+    def start_agent(self, member: str, proposer: str = "agent") -> None:
+        """A Ray task proposing for `member`: the configured coding agent, or the LLM endpoint."""
         import ray
-        from orchestrator.proposers.agent import format_history, run_agent_on_commit
+        from orchestrator.proposers.agent import command_for, run_agent_on_commit
+        from orchestrator.proposers.endpoint import run_endpoint
+        from orchestrator.proposers.history import format_history
         cfg = self.cfg.proposers
         parent = self.archive.heads()[member]
-        history = format_history(member, self.archive.history(member), self.states[member].head_score)
-        task = ray.remote(num_cpus=0, max_retries=0)(run_agent_on_commit)
-        ref = task.remote(str(self.archive_dir), parent, cfg.agent_command, program_text(cfg.program), history,
-                          cfg.agent_timeout)
-        self.agent_refs[ref] = (member, parent)
-        self.say(f"  agent started on {member} ({len(self.agent_refs)}/{cfg.agent_concurrency} running)")
+        history = format_history(self.history_inputs(member))
+        brief = full_brief(self.cfg)
+        if proposer == "endpoint":
+            task = ray.remote(num_cpus=0, max_retries=0)(run_endpoint)
+            ref = task.remote(asdict(cfg.endpoint), brief, history, self.archive.source(parent))
+            limit = cfg.endpoint.concurrency
+        else:
+            task = ray.remote(num_cpus=0, max_retries=0)(run_agent_on_commit)
+            ref = task.remote(str(self.archive_dir), parent, command_for(cfg.agent, cfg.agent_command), brief,
+                              history, cfg.agent_timeout, member=member)
+            limit = cfg.agent_concurrency
+        self.agent_refs[ref] = (member, parent, proposer)
+        self.say(f"  {proposer} started on {member} ({self.running(proposer)}/{limit} running)")
+
+    def history_inputs(self, member: str):
+        """What history.md tells an agent about `member`: head, noise, rule, trials, in flight, best others."""
+        from orchestrator.proposers.history import TRIALS_SHOWN, HistoryInputs, unified_diff
+        heads = self.archive.heads()
+        head_src = self.archive.source(heads[member])
+        head_hash = source_hash(head_src)
+        trials = self.archive.history(member)
+        for i in range(max(0, len(trials) - TRIALS_SHOWN), len(trials)):     # diffs only for the rows shown
+            row = trials[i]
+            parent = self.archive.source(row["parent_commit"]) if row.get("parent_commit") else ""
+            trials[i] = {**row, "diff": unified_diff(parent, self.archive.source(row["commit"]))}
+        jobs = [j for j, _ in self.in_flight.values()] + list(self.ready)
+        jobs += [j for waiting in self.parked.values() for j, _, _ in waiting] + [j for j, _, _ in self.before_baseline]
+        flight = [{"trial_id": j.trial_id, "proposer": j.proposer, "message": j.message,
+                   "diff": unified_diff(head_src, j.source)} for j in jobs
+                  if j.member == member and j.proposer not in (BASELINE, REFERENCE)]
+        flight += [{"proposer": name, "message": f"a {name} proposal is being written"}
+                   for m, _, name in self.agent_refs.values() if m == member]
+        others = sorted((st.head_score, name) for name, st in self.states_alive().items()
+                        if name != member and st.head_score is not None)
+        return HistoryInputs(
+            member=member, head_score=self.states[member].head_score,
+            head_runs={d: v for (h, d), v in self.scores.by_source.items() if h == head_hash},
+            noise=dict(self.baseline), margins=dict(self.margins), rule=rule_text(self.cfg.selection),
+            trials=trials, in_flight=flight,
+            others=[{"member": name, "head_score": score,
+                     "diff": unified_diff(head_src, self.archive.source(heads[name]))} for score, name in others])
 
     def harvest_agents(self, ray) -> None:
         if not self.agent_refs:
             return
         done, _ = ray.wait(list(self.agent_refs), num_returns=len(self.agent_refs), timeout=0)
         for ref in done:
-            member, parent = self.agent_refs.pop(ref)
+            member, parent, proposer = self.agent_refs.pop(ref)
             try:
                 outcome = ray.get(ref)
             except Exception as exc:
-                self.say(f"  agent task on {member} was lost: {exc}")
+                self.say(f"  {proposer} task on {member} was lost: {exc}")
                 continue
-            if outcome.status == "ok" and member in self.archive.heads():
-                self.enqueue(Proposal(member=member, parent_commit=parent, source=outcome.source,
-                                      proposer="agent", message=outcome.message or "agent edit"))
-            elif member in self.archive.heads():
-                row = self.archive.reject(member, parent, self.new_trial_id(), "agent",
-                                          outcome.message or "agent proposal",
-                                          f"agent {outcome.status}: {outcome.reason}"[:500], source=outcome.source)
+            if member not in self.archive.heads():
+                continue
+            cost = {k: v for k, v in outcome.usage.items() if k in COST_COLUMNS}
+            if outcome.status == "ok":
+                self.enqueue(Proposal(member=member, parent_commit=parent, source=outcome.source, proposer=proposer,
+                                      message=outcome.message or f"{proposer} edit", extra=cost))
+            else:
+                row = self.archive.reject(member, parent, self.new_trial_id(), proposer,
+                                          outcome.message or f"{proposer} proposal",
+                                          f"{proposer} {outcome.status}: {outcome.reason}"[:500], source=outcome.source,
+                                          row={**cost, "agent_log": outcome.log_tail[-4000:]})
                 self.finished += 1
                 self.board.finished(row)
 
@@ -620,10 +668,12 @@ def checked_operator_settings() -> dict:
         raise ConfigError(f"environment: {exc}") from None
 
 
-def program_text(path: str) -> str:
-    """The research brief agents read: the configured program.md, else the built-in summary."""
-    p = Path(path).expanduser()
-    return p.read_text() if path and p.is_file() else BUILTIN_PROGRAM
+def rule_text(sel) -> str:
+    """The verdict rule in words, for history.md (the numbers come from the driver's margins)."""
+    margin = f"a fixed {sel.margin:g}" if sel.margin > 0 else f"{sel.margin_std:g} x the seed runs' std"
+    return (f"A candidate is promoted when its mean val_bpb is below the head's (same device kind) minus the "
+            f"margin ({margin}). Better but inside the margin: re-run with a new seed, up to {sel.max_runs} runs, "
+            f"and promoted only if the mean still clears it. Seed-only changes are never promoted.")
 
 
 def _id_number(trial_id: str) -> int:

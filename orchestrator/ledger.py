@@ -66,6 +66,12 @@ SCHEMA = pa.schema([
     ("run_scores", pa.string()),
     ("slot", pa.string()),              # the trial actor (GPU or CPU slot) that ran the deciding run
     ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end        # JSON list: val_bpb of each run the verdict rests on
+    ("log_tail", pa.string()),          # crash / timeout: the end of the trial's log (capped)
+    ("agent_seconds", pa.float64()),    # agent and endpoint proposals: seconds the proposer took
+    ("agent_log", pa.string()),         # agent proposals: the end of the agent's stdout and stderr (capped)
+    ("llm_prompt_tokens", pa.int64()),  # endpoint proposals: the response's usage
+    ("llm_completion_tokens", pa.int64()),
+    ("llm_cost", pa.float64()),         # endpoint proposals: usage x proposers.endpoint.prices (dollars)
 ])
 COLUMNS = tuple(SCHEMA.names)
 

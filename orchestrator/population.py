@@ -13,6 +13,8 @@ from orchestrator.archive import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
 REFERENCE = "reference"      # proposer name of a head re-run on another device kind
+LOG_TAIL_CHARS = 2000        # of a crashed or timed-out trial's log kept in its ledger row
+TAIL_STATUSES = ("crash", "timeout")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Job:
     attempt: int = 0                     # dispatches lost to infrastructure failures
     infra_failures: int = 0
     seed_base: int = 0
+    cost: dict = field(default_factory=dict)     # what proposing it cost (agent_seconds, agent_log, llm_* columns)
 
     @property
     def hash(self) -> str:
@@ -151,4 +154,6 @@ def ledger_row(job: Job, result: dict, verdict: dict, slot: dict, reused_from: s
         "reason": result.get("reason", ""), "message": job.message, "reused_from": reused_from,
         "attempt": job.attempt, "infra_failures": job.infra_failures,
         "slot": slot.get("slot"), "timeline": json.dumps(run_timelines(job)),
+        "log_tail": (result.get("log_tail") or "")[-LOG_TAIL_CHARS:] if result.get("status") in TAIL_STATUSES else None,
+        **job.cost,
     }

@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 
 from orchestrator import ledger
 from orchestrator.archive import SEED_BRANCH, SHORT, Archive, LineageEntry, Pending, lock_holder
+from orchestrator.cost import cost_table
 from orchestrator.population import BASELINE, run_scores
 
 REPORT_DIR = "report"
@@ -409,6 +410,10 @@ def _markdown_table(board: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    return table.astype(object).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+
+
 def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
     trials = snap.trials
     lines = [f"# popsearch report: {snap.path.name}", "",
@@ -422,6 +427,11 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
              f"- best: {_best_line(snap)}",
              f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
              f"- pending (proposed, not judged): {len(snap.pending)}"]
+    lines += ["", "## Cost per improvement ([cost.tsv](cost.tsv))", "",
+              "GPU-hours (launch to judge end of every run), agent seconds, LLM tokens and dollars, in total and per "
+              "promoted improvement.", ""]
+    for by in ("proposer", "member"):
+        lines += [f"By {by}:", "", _markdown_table(_rounded(cost_table(trials, by))), ""]
     lines += ["", "## Leaderboard ([leaderboard.tsv](leaderboard.tsv))", "", _markdown_table(board), "",
               "## Progress", "", "![val_bpb of every trial](progress.png)", "",
               "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]
@@ -438,6 +448,8 @@ def write_report(archive_dir) -> Path:
     _write_atomic(folder / "progress.png", progress_png(snap))
     _write_atomic(folder / "lineage.svg", lineage_svg(snap).encode())
     _write_atomic(folder / "summary.md", summary_md(snap, board).encode())
+    costs = pd.concat([cost_table(snap.trials, "proposer"), cost_table(snap.trials, "member")], ignore_index=True)
+    _write_atomic(folder / "cost.tsv", costs.to_csv(sep="\t", index=False).encode())
     return folder
 
 

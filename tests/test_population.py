@@ -205,4 +205,5 @@ def test_agent_proposals_that_break_the_rules_are_recorded_and_the_population_go
     assert len(agent) >= 1
     assert (agent.verdict == "rejected").all() and (agent.status == "invalid").all()
     assert agent.reason.str.contains("notes.txt").all()
-    assert ((df.proposer == "mutate") & (df.status == "ok")).any()     # the population went on
+    assert agent.agent_log.str.contains("set DEPTH to 3").all() and (agent.agent_seconds > 0).all()
+    assert ((df.proposer == "mutate") & (df.status == "ok")).any(), df.reason.tolist()   # the population went on

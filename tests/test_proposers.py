@@ -247,18 +247,10 @@ def test_agent_brief_files_are_outside_the_worktree(repo, tmp_path):
     assert text.strip().splitlines()[-2] == workdir
 
 
-def test_format_command_and_history():
+def test_format_command():
     cmd = agent.format_command("run --dir {workdir} --p {program} ${HOME} awk '{print}' {history}",
                                "/a b", "/p.md", "/h.md")
     assert cmd == "run --dir '/a b' --p /p.md ${HOME} awk '{print}' /h.md"
-    text = agent.format_history("m1", [
-        {"trial_id": "t0003", "proposer": "mutate", "status": "ok", "verdict": "promote", "val_bpb": 1.2345678,
-         "message": "mutate: DEPTH 8 -> 9\nmore", "reason": ""},
-        {"trial_id": "t0004", "proposer": "agent", "status": "crash", "verdict": "discard", "val_bpb": float("nan"),
-         "message": None, "reason": "CUDA out | of memory"}], head_score=1.2345678)
-    assert "| t0003 | mutate | ok | promote | 1.234568 | mutate: DEPTH 8 -> 9 |  |" in text
-    assert "| t0004 | agent | crash | discard |  |  | CUDA out / of memory |" in text
-    assert "Current head val_bpb: 1.234568" in text
 
 
 # ----------------------------------------------------------------------------- inbox

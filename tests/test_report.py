@@ -187,3 +187,28 @@ def test_report_of_a_fresh_archive(tmp_path):
     assert (folder / "progress.png").stat().st_size > 5_000
     assert "solo" in (folder / "lineage.svg").read_text()
     assert pd.read_csv(folder / "leaderboard.tsv", sep="\t")["member"].tolist() == ["solo"]
+
+
+def test_cost_per_improvement_by_proposer_and_member(tmp_path):
+    """GPU-hours from each run's launch..judge_end, agent seconds and LLM tokens/cost, per promoted improvement."""
+    def stamps(*spans):
+        return json.dumps([{"launch": 1000.0, "judge_end": 1000.0 + s} for s in spans])
+    with Archive.create(tmp_path / "cost", SEED, ["m0", "m1"]) as archive:
+        run(archive, "m0", "t1", "LR = 0.02\n", "agent", True, verdict="promote", val_bpb=1.9,
+            timeline=stamps(1800, 1800), agent_seconds=120.0, agent_log="edited LR")
+        run(archive, "m1", "t2", "LR = 0.03\n", "endpoint", verdict="discard", val_bpb=2.0, timeline=stamps(3600),
+            agent_seconds=10.0, llm_prompt_tokens=9000, llm_completion_tokens=1000, llm_cost=0.05)
+        run(archive, "m1", "t3", "LR = 0.04\n", "endpoint", True, verdict="promote", val_bpb=1.8, total_seconds=7200.0,
+            agent_seconds=30.0, llm_prompt_tokens=11000, llm_completion_tokens=1000, llm_cost=0.07)
+        archive.reject("m0", archive.heads()["m0"], "t4", "agent", "agent proposal", "agent failed: exit 1",
+                       row={"agent_seconds": 900.0, "agent_log": "no credentials"})
+    folder = write_report(tmp_path / "cost")
+    table = pd.read_csv(folder / "cost.tsv", sep="\t")
+    by = table.set_index(table["proposer"].fillna(table["member"]))
+    assert by.loc["endpoint", "gpu_hours"] == pytest.approx(3.0) and by.loc["endpoint", "promoted"] == 1
+    assert by.loc["endpoint", "llm_tokens"] == 22000 and by.loc["endpoint", "llm_cost_per_improvement"] == pytest.approx(0.12)
+    assert by.loc["agent", "agent_seconds"] == 1020 and by.loc["agent", "gpu_hours_per_improvement"] == pytest.approx(1.0)
+    assert by.loc["m1", "gpu_hours_per_improvement"] == pytest.approx(3.0) and by.loc["m0", "trials"] == 2
+    summary = (folder / "summary.md").read_text()
+    assert "## Cost per improvement" in summary and "| endpoint | 2 | 1 | 3 | 40 | 2.2e+04 | 0.12 |" in summary
+    assert ledger.read(tmp_path / "cost").set_index("trial_id").loc["t4", "agent_log"] == "no credentials"

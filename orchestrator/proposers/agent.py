@@ -17,14 +17,28 @@ from pathlib import Path
 from orchestrator.proposers.base import TRAIN_PY, Proposal, clean_message, validate_source
 
 STATUSES = ("ok", "timeout", "failed", "no_change", "rejected")
-PLACEHOLDERS = ("{workdir}", "{program}", "{history}")
-LOG_TAIL_CHARS = 4000                    # of the agent's stdout and stderr kept in the outcome
+PLACEHOLDERS = ("{workdir}", "{program}", "{history}", "{prompt}", "{briefdir}")
+LOG_TAIL_CHARS = 4000                    # of the agent's stdout and stderr kept in the outcome (and the ledger)
 KILL_GRACE_SECONDS = 2.0                 # between SIGTERM and SIGKILL of the agent's process group
 KILL_WAIT_SECONDS = 5.0                  # for the killed group to disappear
 IGNORED_PARTS = ("__pycache__",)         # byproducts of running train.py, never counted as changes
 IGNORED_SUFFIXES = (".pyc",)
 FALLBACK_MESSAGE = "agent edit"
-HISTORY_CELL_CHARS = 160                 # longer messages and reasons are cut in history.md
+# Each CLI's documented non-interactive invocation: the prompt (brief + history + task) from {prompt}, file edits
+# approved without asking and confined to the working folder (the worktree), nothing interactive.
+PRESETS = {
+    "claude": 'claude -p "$(cat {prompt})" --permission-mode acceptEdits '
+              '--allowedTools "Read,Edit,Write,Glob,Grep,Bash(git diff:*),Bash(git commit:*)"',
+    "codex": 'codex exec --sandbox workspace-write --cd {workdir} "$(cat {prompt})"',
+    "gemini": 'gemini --approval-mode auto_edit --prompt "$(cat {prompt})"',
+    "aider": "aider --message-file {prompt} --yes-always --no-gitignore --no-check-update --map-tokens 0 "
+             "--chat-history-file {briefdir}/aider.chat.md --input-history-file {briefdir}/aider.input.md train.py",
+    "opencode": 'opencode run "$(cat {prompt})"',
+}
+TASK = ("\n\n---\n\n# Your task\n\nYou work in the current directory, a git checkout of member {member}'s head. "
+        "The brief above is the contract and history.md below is what this member has tried. Make one clear "
+        "change to train.py that should lower val_bpb within the same budget, edit train.py in place (and "
+        "optionally `git commit -am \"<idea and why>\"`), touch no other file, then exit.\n\n")
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "popsearch-agent", "GIT_AUTHOR_EMAIL": "agent@popsearch.invalid",
                 "GIT_COMMITTER_NAME": "popsearch-agent", "GIT_COMMITTER_EMAIL": "agent@popsearch.invalid"}
 
@@ -40,6 +54,17 @@ class AgentOutcome:
     files: list = field(default_factory=list)    # offending paths when rejected for touching other files
     seconds: float = 0.0
     returncode: int | None = None
+    usage: dict = field(default_factory=dict)    # ledger columns of what it cost (llm_* for endpoint proposals)
+
+
+def command_for(agent: str, custom: str) -> str:
+    """The command template of proposers.agent: a named CLI's preset, or agent_command for custom."""
+    return custom if agent == "custom" else PRESETS[agent]
+
+
+def prompt_text(program_md: str, history_text: str, member: str = "") -> str:
+    """What a named CLI is asked: the brief, the task, then the member's history."""
+    return program_md.rstrip("\n") + TASK.format(member=member or "this") + history_text
 
 
 def _git(cwd, *args: str) -> str:
@@ -66,41 +91,15 @@ def remove_worktree(repo_path, dest) -> None:
         subprocess.run(["git", "worktree", "prune"], cwd=str(repo_path), capture_output=True)
 
 
-def format_command(template: str, workdir, program, history) -> str:
-    """The shell command: the template's {workdir} {program} {history} replaced by quoted paths
-    (other braces, e.g. ${HOME}, are left alone)."""
-    values = {"{workdir}": workdir, "{program}": program, "{history}": history}
+def format_command(template: str, workdir, program, history, prompt="", briefdir="") -> str:
+    """The shell command: the template's {workdir} {program} {history} {prompt} {briefdir} replaced by quoted
+    paths (other braces, e.g. ${HOME}, are left alone)."""
+    values = {"{workdir}": workdir, "{program}": program, "{history}": history, "{prompt}": prompt,
+              "{briefdir}": briefdir}
     command = template
     for key, value in values.items():
         command = command.replace(key, shlex.quote(str(value)))
     return command
-
-
-def format_history(member: str, rows: list[dict], head_score: float | None = None) -> str:
-    """history.md: the member's finished trials, oldest first (ledger rows as dicts)."""
-    head = "not judged yet" if head_score is None else f"{head_score:.6f}"
-    lines = [f"# History of member {member}", "", f"Current head val_bpb: {head} (lower is better).", ""]
-    if not rows:
-        return "\n".join(lines + ["No trials yet.", ""])
-    lines += ["| trial | proposer | status | verdict | val_bpb | message | reason |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        bpb = r.get("val_bpb")
-        score = f"{bpb:.6f}" if isinstance(bpb, (int, float)) and bpb == bpb else ""
-        message = _text(r.get("message")).strip().splitlines()
-        cells = [_text(r.get(k)) for k in ("trial_id", "proposer", "status", "verdict")]
-        cells += [score, message[0] if message else "", _text(r.get("reason"))]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines + [""])
-
-
-def _text(value) -> str:
-    """'' for missing values (None, NaN from a parquet ledger), else the value as text."""
-    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
-
-
-def _cell(value: str) -> str:
-    return value.replace("|", "/").replace("\n", " ")[:HISTORY_CELL_CHARS]
 
 
 def group_alive(pgid: int) -> bool:
@@ -220,10 +219,11 @@ def _collect(workdir: Path, base: str, out: Path) -> AgentOutcome:
 
 
 def run_agent(command_template: str, workdir, program_md: str, history_text: str, timeout: float,
-              env: dict | None = None) -> AgentOutcome:
+              env: dict | None = None, member: str = "") -> AgentOutcome:
     """Run the agent command in `workdir` (a git worktree of the member head) and collect its train.py.
 
-    program.md and history.md are written to a brief folder outside the worktree and passed by path."""
+    program.md, history.md and prompt.md (both with the task) are written to a brief folder outside the
+    worktree and passed by path; the agent's output tail is kept in outcome.log_tail and usage['agent_log']."""
     workdir = Path(workdir).resolve()
     base = _git(workdir, "rev-parse", "HEAD").strip()
     brief = Path(tempfile.mkdtemp(prefix="popsearch-brief-"))
@@ -231,12 +231,14 @@ def run_agent(command_template: str, workdir, program_md: str, history_text: str
     try:
         program, history = brief / "program.md", brief / "history.md"
         out, err = brief / "agent.out", brief / "agent.err"
+        prompt = brief / "prompt.md"
         program.write_text(program_md)
         history.write_text(history_text)
-        command = format_command(command_template, workdir, program, history)
+        prompt.write_text(prompt_text(program_md, history_text, member))
+        command = format_command(command_template, workdir, program, history, prompt, brief)
         run_env = {**GIT_IDENTITY, **(env if env is not None else os.environ),
                    "POPSEARCH_WORKDIR": str(workdir), "POPSEARCH_PROGRAM": str(program),
-                   "POPSEARCH_HISTORY": str(history)}
+                   "POPSEARCH_HISTORY": str(history), "POPSEARCH_PROMPT": str(prompt)}
         code, timed_out = _run_command(command, workdir, out, err, timeout, run_env)
         tail = (_tail(out) + "\n" + _tail(err)).strip()[-LOG_TAIL_CHARS:]
         if timed_out:
@@ -250,13 +252,14 @@ def run_agent(command_template: str, workdir, program_md: str, history_text: str
                 outcome = AgentOutcome("failed", reason=f"could not read the agent's changes: {exc}")
         outcome.log_tail, outcome.returncode = tail, code
         outcome.seconds = time.monotonic() - started
+        outcome.usage = {"agent_seconds": round(outcome.seconds, 3), "agent_log": tail}
         return outcome
     finally:
         shutil.rmtree(brief, ignore_errors=True)
 
 
 def run_agent_on_commit(repo_path, sha: str, command_template: str, program_md: str, history_text: str,
-                        timeout: float, scratch_root=None, env: dict | None = None) -> AgentOutcome:
+                        timeout: float, scratch_root=None, env: dict | None = None, member: str = "") -> AgentOutcome:
     """make_worktree + run_agent + remove_worktree: what one agent Ray task does."""
     root = Path(tempfile.mkdtemp(prefix="popsearch-agent-", dir=scratch_root))
     dest = root / "work"
@@ -265,7 +268,7 @@ def run_agent_on_commit(repo_path, sha: str, command_template: str, program_md: 
             make_worktree(repo_path, sha, dest)
         except RuntimeError as exc:
             return AgentOutcome("failed", reason=f"could not prepare the agent's worktree: {exc}")
-        return run_agent(command_template, dest, program_md, history_text, timeout, env=env)
+        return run_agent(command_template, dest, program_md, history_text, timeout, env=env, member=member)
     finally:
         remove_worktree(repo_path, dest)
         shutil.rmtree(root, ignore_errors=True)
@@ -276,4 +279,4 @@ def to_proposal(outcome: AgentOutcome, member: str, parent_commit: str) -> Propo
     if outcome.status != "ok":
         return None
     return Proposal(member=member, parent_commit=parent_commit, source=outcome.source, proposer="agent",
-                    message=outcome.message, extra={"agent_seconds": round(outcome.seconds, 3)})
+                    message=outcome.message, extra=dict(outcome.usage))

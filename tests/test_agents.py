@@ -74,6 +74,16 @@ def test_packaged_brief_is_the_default_and_popsearch_program_prints_it(capsys):
         assert term in printed, term
 
 
+def test_installed_popsearch_prints_the_shipped_brief_from_an_empty_folder(tmp_path):
+    """Run from a folder holding nothing (as an installed popsearch is): the brief is the package's own file
+    (CI installs the project non-editable, so this reads the installed package data)."""
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "program"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == brief.PACKAGED_PROGRAM.read_text() and "## The Trial API" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_full_brief_carries_this_runs_numbers():
     cfg = load(None)
     text = brief.full_brief(cfg)

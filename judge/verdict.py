@@ -1,6 +1,6 @@
-"""Keep or discard: the noise floor of val_bpb per device kind and the promote / rerun / discard rule.
+"""Keep or discard: the sequential rule (rerun / confirm / promote / discard) and seed-only changes.
 
-Pure functions on numbers and source text (lower val_bpb is better); the driver records margin, runs, decided_by."""
+Pure functions on numbers and source text (lower val_bpb is better); the driver records the evidence."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-KINDS = ("promote", "discard", "rerun")
+from judge.noise import Noise, finite_scores, t_bar
+
+KINDS = ("promote", "discard", "rerun", "confirm")
 SEED_MARK = "SEED"                  # assignments to names containing this (any case) only choose randomness
 # Nodes that could hide an effect inside a "seed" assignment: such an assignment counts as a real change.
 EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
@@ -16,69 +18,100 @@ EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.Y
 
 
 @dataclass(frozen=True)
+class Rule:
+    """The sequential rule's knobs (selection.* in the config). Evidence is t = (mean_cand - mean_head) /
+    (σ·sqrt(1/n_cand + 1/n_head)), read against Student t with σ's pooled dof (bars are given as z).
+    The defaults live in orchestrator/config.py SelectionConfig (chosen by bench/verdict_sim.py)."""
+    bar: float                   # clear when t <= -bar (as z): the candidate goes on to its confirmation
+    futility: float              # discard at once when t > -futility (not better by this many standard errors)
+    max_runs: int                # selection runs at most; then discard
+    confirm_runs: int            # fresh runs of a cleared candidate; they alone become the new head's score
+    confirm_bar: float           # promote when the confirmation runs alone give t <= -confirm_bar
+
+    def describe(self) -> str:
+        return (f"sequential t: bar {self.bar:g}, futility {self.futility:g}, {self.max_runs} runs, "
+                f"confirm {self.confirm_runs} at {self.confirm_bar:g}")
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """kind: promote | discard | rerun; the margin used, how many runs it rests on, and why, in one line."""
+    """kind: promote | discard | rerun | confirm (run again to confirm); the runs it rests on, the evidence
+    t and the bar it was read against, and why, in one line. head_score: the confirmed score of a promotion."""
     kind: str
-    margin: float
     runs: int
     decided_by: str
     mean: float | None = None
+    evidence: float | None = None
+    bar: float | None = None
+    head_score: float | None = None
 
 
-def noise_floor(scores_by_device: dict[str, list[float]]) -> dict[str, float]:
-    """Sample standard deviation of val_bpb per device kind, from repeated runs of the same train.py
-    with different seeds. Failed runs (None, NaN) are left out; each kind needs 2 finite scores."""
-    floors = {}
-    for kind, scores in scores_by_device.items():
-        finite = _finite(scores)
-        if len(finite) < 2:
-            raise ValueError(f"noise_floor: device kind {kind!r} has {len(finite)} finite score(s) "
-                             f"of {len(scores)}; at least 2 are needed for a standard deviation")
-        floors[kind] = statistics.stdev(finite)
-    return floors
+def evidence(cand: list[float], head: list[float], sigma: float) -> float:
+    """t of the candidate's mean against the head's mean, in standard errors of the difference."""
+    se = sigma * math.sqrt(1 / len(cand) + 1 / len(head))
+    diff = statistics.fmean(cand) - statistics.fmean(head)
+    if se <= 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / se
 
 
-def margin_for(std: float | None, multiple: float, fixed: float) -> float:
-    """The promotion margin: max(multiple * std, fixed). multiple = 0 gives the fixed value alone, fixed = 0
-    the multiple of the noise alone. std None (no noise floor measured for this device kind) needs fixed > 0."""
-    if multiple < 0 or fixed < 0:
-        raise ValueError(f"margin_for: multiple ({multiple}) and fixed ({fixed}) must be >= 0")
-    if std is None or not math.isfinite(std):
-        if fixed <= 0:
-            raise ValueError("margin_for: no noise floor for this device kind and no fixed margin; "
-                             "measure the noise floor or set a fixed margin")
-        return float(fixed)
-    if std < 0:
-        raise ValueError(f"margin_for: std must be >= 0, got {std}")
-    return max(multiple * std, float(fixed))
-
-
-def decide(candidate_scores: list[float], head_score: float, margin: float, max_runs: int,
-           seed_only: bool) -> Verdict:
-    """promote if mean(candidate) < head - margin; rerun (with a new seed) if better than head but inside the
-    margin and fewer than max_runs runs so far; discard otherwise. A seed-only change is never promoted."""
-    if not math.isfinite(head_score):
-        raise ValueError(f"decide: head score must be finite, got {head_score}")
-    if margin < 0 or max_runs < 1:
-        raise ValueError(f"decide: margin ({margin}) must be >= 0 and max_runs ({max_runs}) >= 1")
-    runs = len(candidate_scores)
+def decide(cand_runs: list[float], head_runs: list[float], noise: Noise, rule: Rule, seed_only: bool,
+           cleared_at: int = 0) -> Verdict:
+    """After each run of a candidate: rerun, confirm, promote or discard (see Rule). cleared_at: how many
+    selection runs the candidate had when it cleared the bar (0: not yet); runs after those are its
+    confirmation. A seed-only change is never promoted; failed runs discard."""
+    runs = len(cand_runs)
     if seed_only:
-        return Verdict("discard", margin, runs, "seed-only change (differs from its parent only in *SEED* "
-                                                "assignments): never promoted")
-    finite = _finite(candidate_scores)
+        return Verdict("discard", runs, "seed-only change (differs from its parent only in *SEED* "
+                                        "assignments): never promoted")
+    finite, head = _finite(cand_runs), _finite(head_runs)
     if runs == 0 or len(finite) != runs:
-        return Verdict("discard", margin, runs, f"{runs - len(finite)} of {runs} run(s) gave no finite val_bpb")
+        return Verdict("discard", runs, f"{runs - len(finite)} of {runs} run(s) gave no finite val_bpb")
+    if not head:
+        return Verdict("discard", runs, "no score for the head to compare with")
+    if cleared_at:
+        return _confirmation(finite, head, noise, rule, cleared_at)
     mean = statistics.fmean(finite)
-    said = f"mean of {_runs(runs)} {mean:.6f}"
-    if mean < head_score - margin:
-        return Verdict("promote", margin, runs, f"{said} < head {head_score:.6f} - margin {margin:.6f}", mean)
-    if mean < head_score and runs < max_runs:
-        return Verdict("rerun", margin, runs, f"{said} < head {head_score:.6f} but within margin {margin:.6f}: "
-                                              f"re-run with a new seed ({runs}/{max_runs} runs)", mean)
-    if mean < head_score:
-        return Verdict("discard", margin, runs, f"{said} still within margin {margin:.6f} of head "
-                                                f"{head_score:.6f} after {runs}/{max_runs} runs", mean)
-    return Verdict("discard", margin, runs, f"{said} >= head {head_score:.6f}", mean)
+    said = f"mean of {_runs(runs)} {mean:.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})"
+    if noise.sigma is None:
+        kind = "rerun" if runs < rule.max_runs else "discard"
+        return Verdict(kind, runs, f"{said}: {noise.describe()}, no evidence ({runs}/{rule.max_runs} runs)", mean)
+    t = evidence(finite, head, noise.sigma)
+    bar = t_bar(rule.bar, noise.dof)
+    said += f": t {t:.2f}, {noise.describe()}"
+    if t <= -bar:
+        if rule.confirm_runs == 0:
+            return Verdict("promote", runs, f"{said} <= -{bar:.2f}: promoted", mean, t, bar, mean)
+        return Verdict("confirm", runs, f"{said} <= -{bar:.2f}: cleared, {rule.confirm_runs} fresh run(s) "
+                                        f"confirm it", mean, t, bar)
+    if t > -rule.futility:
+        return Verdict("discard", runs, f"{said} > -{rule.futility:g}: not better", mean, t, bar)
+    if runs >= rule.max_runs:
+        return Verdict("discard", runs, f"{said} short of -{bar:.2f} after {runs}/{rule.max_runs} runs",
+                       mean, t, bar)
+    return Verdict("rerun", runs, f"{said} between -{bar:.2f} and -{rule.futility:g}: re-run with a new "
+                                  f"seed ({runs}/{rule.max_runs} runs)", mean, t, bar)
+
+
+def _confirmation(finite: list[float], head: list[float], noise: Noise, rule: Rule, cleared_at: int) -> Verdict:
+    """The fresh runs after the bar was cleared: they alone decide, and they alone are the new head's score."""
+    fresh = finite[cleared_at:]
+    runs = len(finite)
+    if len(fresh) < rule.confirm_runs:
+        return Verdict("confirm", runs, f"confirmation run {len(fresh)}/{rule.confirm_runs}",
+                       statistics.fmean(finite))
+    score = statistics.fmean(fresh)
+    said = (f"cleared after {_runs(cleared_at)}; {_runs(len(fresh))} confirming {score:.6f} vs head "
+            f"{statistics.fmean(head):.6f} ({_runs(len(head))})")
+    if noise.sigma is None:
+        return Verdict("discard", runs, f"{said}: {noise.describe()}", score)
+    t = evidence(fresh, head, noise.sigma)
+    bar = t_bar(rule.confirm_bar, noise.dof)
+    said += f": t {t:.2f}, {noise.describe()}"
+    if t <= -bar:
+        return Verdict("promote", runs, f"{said} <= {-bar:.2f}: promoted at the confirmed score", score, t, bar,
+                       score)
+    return Verdict("discard", runs, f"{said} > {-bar:.2f}: not confirmed", score, t, bar)
 
 
 def compare_on_device(head_scores: dict[str, list[float] | float], device_kind: str) -> float | None:
@@ -138,7 +171,7 @@ def _target_name(target) -> str | None:
 
 
 def _finite(scores) -> list[float]:
-    return [float(s) for s in scores if s is not None and math.isfinite(s)]
+    return finite_scores(scores)
 
 
 def _runs(n: int) -> str:

@@ -14,7 +14,10 @@ from judge.spec import DataConfig, JudgeConfig
 from trainer.spec import BudgetConfig
 
 PROPOSERS = ("mutate", "agent", "inbox")
-YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
+YAML_SWITCHES = ("resources.overlap",)
+# Keys of older configs (and of archives' saved config.yaml) that are read and ignored: the sequential
+# verdict rule (selection.bar and the rest) replaced the fixed or seed-spread margin.
+RETIRED_KEYS = ("selection.margin", "selection.margin_std")     # str keys whose values on/off YAML turns into booleans
 
 # The built-in default is the CPU demo: the baseline train.py shrunk by these overrides
 # (configs/demo.yaml spells the same values out; a test keeps the two equal).
@@ -49,10 +52,13 @@ class ProposerConfig:
 
 @dataclass
 class SelectionConfig:
-    noise_seeds: int = 3                 # runs of the seed at creation: baseline score and noise floor
-    margin_std: float = 2.0              # promotion margin = margin_std x noise std ...
-    margin: float = 0.0                  # ... or this fixed value when > 0
-    max_runs: int = 2                    # runs a promising candidate gets before the verdict is final
+    noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
+    bar: float = 1.0                     # clear when t <= -bar (as a z; read as Student t at σ's pooled dof)
+    futility: float = 0.0                # discard as soon as t > -futility
+    max_runs: int = 3                    # selection runs of a candidate at most
+    confirm_runs: int = 2                # fresh runs of a cleared candidate: they alone score the new head
+    confirm_bar: float = 0.0             # promote when the confirmation runs alone give t <= -confirm_bar
+    head_runs: int = 6                   # runs a head gets on a device kind before candidates compare with it
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired
@@ -140,6 +146,7 @@ def _budget_value(raw: dict, where: str) -> dict:
 
 def _build(cls, raw: dict, where: str, prefix: str):
     hints = typing.get_type_hints(cls)
+    raw = {k: v for k, v in raw.items() if prefix + k not in RETIRED_KEYS}
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -216,9 +223,14 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     need(cfg.proposers.agent_timeout > 0, "proposers.agent_timeout", "must be > 0")
     need(cfg.proposers.mutate_changes >= 1, "proposers.mutate_changes", "must be at least 1")
     need(0 < cfg.selection.cull_fraction < 1, "selection.cull_fraction", "must be between 0 and 1")
-    need(cfg.selection.max_runs >= 1, "selection.max_runs", "must be at least 1")
-    need(cfg.selection.noise_seeds >= 1, "selection.noise_seeds", "must be at least 1 (the baseline run)")
-    need(cfg.selection.margin >= 0 and cfg.selection.margin_std >= 0, "selection.margin", "must be >= 0")
+    sel = cfg.selection
+    need(1 <= sel.max_runs <= 100, "selection.max_runs", "must be between 1 and 100")
+    need(0 <= sel.confirm_runs <= 100, "selection.confirm_runs", "must be between 0 and 100")
+    need(1 <= sel.noise_seeds <= 100, "selection.noise_seeds", "must be between 1 and 100 (the baseline runs)")
+    need(1 <= sel.head_runs <= 100, "selection.head_runs", "must be between 1 and 100")
+    need(0 <= sel.bar <= 6, "selection.bar", "must be between 0 and 6 (a z)")
+    need(-6 <= sel.futility <= sel.bar, "selection.futility", "must be between -6 and selection.bar")
+    need(-6 <= sel.confirm_bar <= 6, "selection.confirm_bar", "must be between -6 and 6 (a z)")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")

@@ -17,15 +17,15 @@ from orchestrator import selection
 from orchestrator.archive import Archive
 from orchestrator.config import Config, seed_source
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
-                                     needs_reference, run_scores, source_hash)
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, record_runs,
+                                     reference_runs_needed, rule_of, run_scores, source_hash, trial_number)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 
 POLL_SECONDS = 1.0
 INBOX_EVERY = 5.0            # seconds between scans of the inbox refs and patch folder
 BUILTIN_PROGRAM = ("Improve val_bpb by editing train.py only. The judge, the data and the budget are fixed. "
-                   "Lower is better; small gains inside the noise margin are re-run; seed changes never count.")
+                   "Lower is better; promising gains are re-run and confirmed by fresh runs; seed changes never count.")
 
 
 class Driver:
@@ -44,7 +44,6 @@ class Driver:
         self.finished = 0
         self.candidates_finished = 0
         self.next_id = 0
-        self.margins: dict[str, float] = {}
         self.baseline: dict[str, list[float]] = {}
         self.t_start = time.time()
         self.agent_refs: dict = {}          # ray ref -> (member, parent commit) of running agents
@@ -83,7 +82,7 @@ class Driver:
         for r in sorted(records, key=lambda r: r.get("finished_at") or 0):
             self._absorb_record(r)
         self.finished = len(records)
-        self.next_id = 1 + max([_id_number(t) for t in done_ids] + [_id_number(p.trial_id) for p in
+        self.next_id = 1 + max([trial_number(t) for t in done_ids] + [trial_number(p.trial_id) for p in
                                                                        self.archive.pending()] + [-1])
         for p in self.archive.pending():
             self.ready.append(self._job_from_pending(p))
@@ -99,27 +98,28 @@ class Driver:
         if r.get("reused_from"):
             runs = []
         self.scores.trial_of.setdefault((h, device), r["trial_id"])
-        for v in runs:
-            self.scores.add(h, device, {"status": "ok", "val_bpb": v}, r["trial_id"])
+        selected = r.get("selection_runs") if r.get("verdict") == "promote" else None
+        for i, v in enumerate(runs):        # a promotion is scored by its confirmation runs only
+            self.scores.add(h, device, {"status": "ok", "val_bpb": v, "budget_seconds": r.get("budget_seconds")},
+                            r["trial_id"], scores_it=not selected or i >= selected)
         if r.get("proposer") == REFERENCE:
             return
         if r.get("proposer") == BASELINE:
             if runs:
                 self.baseline.setdefault(device, []).extend(runs)
-                self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
             if r.get("startup_seconds"):
                 self.scores.startups.setdefault(device, []).append(float(r["startup_seconds"]))
         else:
             self.candidates_finished += 1
             st = self.states.get(r["member"])
             if st is not None:
-                selection.apply_result(self.states, r["member"], r.get("val_bpb"),
+                score = r.get("head_score") if r.get("head_score") is not None else r.get("val_bpb")
+                selection.apply_result(self.states, r["member"], score,
                                        r.get("verdict") == "promote", self.candidates_finished)
 
     def _job_from_pending(self, p) -> Job:
         return Job(trial_id=p.trial_id, member=p.member, parent_commit=p.parent, commit=p.sha,
-                   source=self.archive.source(p.sha), proposer=p.proposer, message=p.message,
-                   seed_base=self.cfg.seed * 1000 + _id_number(p.trial_id))
+                   source=self.archive.source(p.sha), proposer=p.proposer, message=p.message)
 
     def refresh_head_scores(self) -> None:
         """Each member's head score: the mean of its head's runs (any device kind) known so far."""
@@ -175,8 +175,7 @@ class Driver:
         sha = self.archive.add_pending(proposal.member, proposal.parent_commit, proposal.source,
                                        proposal.message, tid, proposal.proposer)
         job = Job(trial_id=tid, member=proposal.member, parent_commit=proposal.parent_commit, commit=sha,
-                  source=proposal.source, proposer=proposal.proposer, message=proposal.message,
-                  seed_base=self.cfg.seed * 1000 + self.next_id)
+                  source=proposal.source, proposer=proposal.proposer, message=proposal.message)
         self.ready.append(job)
         return job
 
@@ -293,8 +292,7 @@ class Driver:
             if prop.trial_id:                  # a ref: already pending in the archive
                 self.ready.append(Job(trial_id=prop.trial_id, member=prop.member,
                                       parent_commit=prop.parent_commit, commit=prop.extra["pending_commit"],
-                                      source=prop.source, proposer="inbox", message=prop.message,
-                                      seed_base=self.cfg.seed * 1000 + _id_number(prop.trial_id)))
+                                      source=prop.source, proposer="inbox", message=prop.message))
             else:
                 self.enqueue(Proposal(member=prop.member, parent_commit=prop.parent_commit, source=prop.source,
                                       proposer="inbox", message=prop.message))
@@ -349,8 +347,7 @@ class Driver:
                   "val_bpb": sum(values) / len(values) if values else None,
                   "reason": f"byte-identical to {earlier}: result reused, not trained again"}
         job.runs.append(result)
-        verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)",
-                   "margin": self.margins.get(device, 0.0), "runs": 0}
+        verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)", "runs": 0}
         its_slot = next((s for s in self.slots if s["device_name"] == device), slot)
         self.finish_job(job, result, verdict, its_slot, reused_from=earlier)
         return True
@@ -383,7 +380,7 @@ class Driver:
         result = {"status": "infra", "reason": f"gave up after {job.attempt} infrastructure failures: {reason}"}
         job.runs.append(result)
         self.finish_job(job, result, {"kind": "discard", "decided_by": "infrastructure failures",
-                                      "margin": 0.0, "runs": 0}, {})
+                                      "runs": 0}, {})
 
     def on_result(self, job: Job, result: dict, slot: dict) -> None:
         job.runs.append(result)
@@ -400,42 +397,46 @@ class Driver:
         """The verdict on a candidate's latest run, against its member head on the same device kind."""
         if job.member not in self.archive.heads():
             self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
-                                          "margin": 0.0, "runs": len(job.runs)}, slot)
+                                          "runs": len(job.runs)}, slot)
             return
         if self.baseline_pending():
             self.before_baseline.append((job, result, slot))
             return
-        margin = self.margins.get(device, self.cfg.selection.margin)
         head = self.archive.heads()[job.member]
         head_hash = source_hash(self.archive.source(head))
         key = (head_hash, device)
-        if result.get("status") == "ok" and needs_reference(self.scores, head_hash, device) \
-                and key not in self.references:
-            self.ask_reference(job, head, key, slot)
+        short = reference_runs_needed(self.scores, head_hash, device, self.cfg.selection.head_runs)
+        if result.get("status") == "ok" and short and key not in self.references:
+            self.ask_reference(job, head, key, slot, short)
             return
-        verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs,
+        verdict = judge_job(job, self.scores, head_hash, rule_of(self.cfg.selection),
                             self.archive.source(job.parent_commit))
-        if verdict["kind"] == "rerun":
+        if verdict["kind"] in ("rerun", "confirm"):        # another run with the next seed of this trial
+            if verdict["kind"] == "confirm" and not job.cleared_at:
+                job.cleared_at = len(job.runs)
             self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
             self.ready.appendleft(job)
             return
         self.finish_job(job, result, verdict, slot)
 
-    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict) -> None:
-        """Park the candidate and run its member head on the candidate's device kind first."""
+    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int = 1) -> None:
+        """Park the candidate and run its member head on the candidate's device kind first (`runs` times)."""
         self.references.add(key)
         self.parked.setdefault(key, []).append((job, job.runs[-1], slot))
         ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
-                                    proposer=REFERENCE, message=f"re-run of {job.member}'s head on {key[1]} "
-                                                                f"for a same-device comparison"))
-        ref.device_kind = key[1]
+                                    proposer=REFERENCE, message=f"{runs} run(s) of {job.member}'s head on "
+                                                                f"{key[1]} for a same-device comparison"))
+        ref.device_kind, ref.want_runs = key[1], runs
         self.ready.remove(ref)
         self.ready.appendleft(ref)
         self.say(f"  {job.trial_id} waits for {ref.trial_id}: {job.member}'s head has no score on {key[1]}")
 
     def on_reference(self, job: Job, result: dict, slot: dict, device: str) -> None:
-        verdict = {"kind": "reference", "decided_by": f"head re-run on {device} for a same-device comparison",
-                   "runs": 1, "margin": self.margins.get(device, 0.0)}
+        if result.get("status") == "ok" and len(job.runs) < job.want_runs:
+            self.ready.appendleft(job)                  # the head's next run, with the next seed
+            return
+        verdict = {"kind": "reference", "decided_by": f"{len(job.runs)} head run(s) on {device} for a "
+                                                      f"same-device comparison", "runs": len(job.runs)}
         self.finish_job(job, result, verdict, slot)
         for key in [k for k in self.parked if k[1] == device]:
             for parked, last, its_slot in self.parked.pop(key):
@@ -443,13 +444,11 @@ class Driver:
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
         ok = result.get("status") == "ok"
-        verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1,
-                   "margin": self.margins.get(device, 0.0)}
+        verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1}
         self.finish_job(job, result, verdict, slot)
         if ok:
             self.baseline.setdefault(device, []).append(result["val_bpb"])
             self.scores.startups.setdefault(device, []).append(result.get("startup_seconds", 0.0))
-            self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
             self.refresh_head_scores()
         if not self.baseline_pending():
             waiting, self.before_baseline = self.before_baseline, []
@@ -462,12 +461,13 @@ class Driver:
         head = self.archive.heads().get(job.member)
         row = self.archive.finish(job.trial_id, row, promote, expect_head=head if promote else None)
         device = result.get("device") or slot.get("device_name", "")
-        for r in job.runs if not reused_from else []:
-            self.scores.add(job.hash, r.get("device") or device, r, job.trial_id)
+        if not reused_from:
+            record_runs(self.scores, job, device, promote)
         self.finished += 1
         if job.proposer not in (BASELINE, REFERENCE):
             self.candidates_finished += 1
-            selection.apply_result(self.states, job.member, row["val_bpb"], promote, self.candidates_finished)
+            score = verdict["head_score"] if promote and verdict.get("head_score") is not None else row["val_bpb"]
+            selection.apply_result(self.states, job.member, score, promote, self.candidates_finished)
         self.board.finished(row)
         self.maybe_cull()
 
@@ -503,7 +503,7 @@ class Driver:
                 result = {"status": "stopped", "reason": f"member {retire} was retired before this candidate ran"}
                 job.runs.append(result)
                 self.finish_job(job, result, {"kind": "discard", "decided_by": "member retired",
-                                              "margin": 0.0, "runs": 0}, {})
+                                              "runs": 0}, {})
 
     # ---- the loop -----------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -542,11 +542,6 @@ def program_text(path: str) -> str:
     """The research brief agents read: the configured program.md, else the built-in summary."""
     p = Path(path).expanduser()
     return p.read_text() if path and p.is_file() else BUILTIN_PROGRAM
-
-
-def _id_number(trial_id: str) -> int:
-    digits = "".join(ch for ch in trial_id.split(".")[0] if ch.isdigit())
-    return int(digits) if digits else -1
 
 
 def save_config(cfg: Config, archive_dir: Path) -> None:

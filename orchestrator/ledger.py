@@ -65,7 +65,16 @@ SCHEMA = pa.schema([
     ("infra_failures", pa.int64()),
     ("run_scores", pa.string()),
     ("slot", pa.string()),              # the trial actor (GPU or CPU slot) that ran the deciding run
-    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end        # JSON list: val_bpb of each run the verdict rests on
+    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end
+    # the verdict's evidence (issue 9); older archives read these as nulls
+    ("head_runs", pa.int64()),          # runs of the head the candidate was compared with
+    ("sigma", pa.float64()),            # σ of one run, pooled over this device kind and budget
+    ("sigma_dof", pa.int64()),          # its degrees of freedom
+    ("evidence", pa.float64()),         # t of the deciding comparison (negative: the candidate is better)
+    ("bar", pa.float64()),              # the t it was read against (Student t at sigma_dof)
+    ("rule", pa.string()),              # the rule and its knobs
+    ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
+    ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs
 ])
 COLUMNS = tuple(SCHEMA.names)
 

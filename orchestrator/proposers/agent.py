@@ -82,14 +82,14 @@ def format_history(member: str, rows: list[dict], head_score: float | None = Non
     lines = [f"# History of member {member}", "", f"Current head val_bpb: {head} (lower is better).", ""]
     if not rows:
         return "\n".join(lines + ["No trials yet.", ""])
-    lines += ["| trial | proposer | status | verdict | val_bpb | message | reason |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| trial | proposer | status | verdict | val_bpb | message | reason | how decided |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         bpb = r.get("val_bpb")
         score = f"{bpb:.6f}" if isinstance(bpb, (int, float)) and bpb == bpb else ""
         message = _text(r.get("message")).strip().splitlines()
         cells = [_text(r.get(k)) for k in ("trial_id", "proposer", "status", "verdict")]
-        cells += [score, message[0] if message else "", _text(r.get("reason"))]
+        cells += [score, message[0] if message else "", _text(r.get("reason")), _text(r.get("decided_by"))]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines + [""])
 

@@ -53,12 +53,12 @@ class ProposerConfig:
 @dataclass
 class SelectionConfig:
     noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
-    bar: float = 1.0                     # clear when t <= -bar (as a z; read as Student t at σ's pooled dof)
+    bar: float = 1.5                     # clear when t <= -bar (as a z; read as Student t at σ's pooled dof)
     futility: float = 0.0                # discard as soon as t > -futility
-    max_runs: int = 3                    # selection runs of a candidate at most
-    confirm_runs: int = 2                # fresh runs of a cleared candidate: they alone score the new head
-    confirm_bar: float = 0.0             # promote when the confirmation runs alone give t <= -confirm_bar
-    head_runs: int = 6                   # runs a head gets on a device kind before candidates compare with it
+    max_runs: int = 4                    # selection runs of a candidate at most
+    confirm_runs: int = 3                # fresh runs of a cleared candidate: they alone score the new head
+    confirm_bar: float = 0.8             # promote when the confirmation runs alone give t <= -confirm_bar
+    head_runs: int = 12                  # runs a head gets on a device kind before candidates compare with it
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired

@@ -12,6 +12,7 @@ from judge.noise import Noise, noise_by_key, pooled, t_bar, t_quantile
 from judge.verdict import Rule, compare_on_device, decide, is_seed_only_change
 
 HEAD = [1.250, 1.252, 1.248, 1.251, 1.249, 1.250]
+UNIT = Rule(bar=1.0, futility=0.0, max_runs=3, confirm_runs=2, confirm_bar=0.0)   # easy numbers
 RULE = Rule(bar=1.5, futility=0.0, max_runs=4, confirm_runs=3, confirm_bar=0.8)   # the config defaults
 SIGMA = Noise(0.002, 30, 5)
 HEAD_RUNS = 12
@@ -37,40 +38,40 @@ def test_t_quantile_matches_the_tables_and_tends_to_the_normal():
 
 
 def test_a_clear_gain_clears_the_bar_then_fresh_runs_confirm_it_at_their_own_score():
-    first = decide([1.244], HEAD, SIGMA, RULE, seed_only=False)
+    first = decide([1.244], HEAD, SIGMA, UNIT, seed_only=False)
     assert first.kind == "confirm" and first.evidence < -first.bar
-    still = decide([1.244, 1.246], HEAD, SIGMA, RULE, False, cleared_at=1)
+    still = decide([1.244, 1.246], HEAD, SIGMA, UNIT, False, cleared_at=1)
     assert still.kind == "confirm" and "1/2" in still.decided_by
-    done = decide([1.244, 1.246, 1.247], HEAD, SIGMA, RULE, False, cleared_at=1)
+    done = decide([1.244, 1.246, 1.247], HEAD, SIGMA, UNIT, False, cleared_at=1)
     assert done.kind == "promote" and done.head_score == pytest.approx(1.2465)   # the selecting run left out
 
 
 def test_confirmation_that_does_not_reproduce_discards():
-    v = decide([1.244, 1.252, 1.251], HEAD, SIGMA, RULE, False, cleared_at=1)
+    v = decide([1.244, 1.252, 1.251], HEAD, SIGMA, UNIT, False, cleared_at=1)
     assert v.kind == "discard" and "not confirmed" in v.decided_by
 
 
 def test_not_better_is_discarded_at_once_and_a_small_gain_is_rerun_up_to_the_cap():
-    assert decide([1.251], HEAD, SIGMA, RULE, False).kind == "discard"
-    assert decide([1.2495], HEAD, SIGMA, RULE, False).kind == "rerun"
-    spent = decide([1.2495, 1.2497, 1.2496], HEAD, SIGMA, RULE, False)
+    assert decide([1.251], HEAD, SIGMA, UNIT, False).kind == "discard"
+    assert decide([1.2495], HEAD, SIGMA, UNIT, False).kind == "rerun"
+    spent = decide([1.2495, 1.2497, 1.2496], HEAD, SIGMA, UNIT, False)
     assert spent.kind == "discard" and "after 3/3 runs" in spent.decided_by
 
 
 def test_sigma_uncertainty_raises_the_bar():
     gain = [1.2475]
-    assert decide(gain, HEAD, Noise(0.002, 200, 9), RULE, False).kind == "confirm"
-    assert decide(gain, HEAD, Noise(0.002, 1, 1), RULE, False).kind == "rerun"     # t at 1 dof: bar 1.82
-    unknown = decide(gain, HEAD, Noise(), RULE, False)
+    assert decide(gain, HEAD, Noise(0.002, 200, 9), UNIT, False).kind == "confirm"
+    assert decide(gain, HEAD, Noise(0.002, 1, 1), UNIT, False).kind == "rerun"     # t at 1 dof: bar 1.82
+    unknown = decide(gain, HEAD, Noise(), UNIT, False)
     assert unknown.kind == "rerun" and "σ unknown" in unknown.decided_by
 
 
 def test_seed_only_change_is_never_promoted_and_failed_runs_discard():
-    v = decide([1.0], HEAD, SIGMA, RULE, seed_only=True)
+    v = decide([1.0], HEAD, SIGMA, UNIT, seed_only=True)
     assert v.kind == "discard" and "seed-only" in v.decided_by
-    assert decide([1.2, None], HEAD, SIGMA, RULE, False).kind == "discard"
-    assert decide([], HEAD, SIGMA, RULE, False).kind == "discard"
-    assert decide([1.2], [], SIGMA, RULE, False).kind == "discard"
+    assert decide([1.2, None], HEAD, SIGMA, UNIT, False).kind == "discard"
+    assert decide([], HEAD, SIGMA, UNIT, False).kind == "discard"
+    assert decide([1.2], [], SIGMA, UNIT, False).kind == "discard"
 
 
 def _stream(effect: float, n: int, seed: int) -> float:

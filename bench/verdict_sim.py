@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from judge.verdict import Rule                                     # noqa: E402
 from orchestrator.config import SelectionConfig                     # noqa: E402
-from orchestrator.population import (Job, Scores, judge_job, record_runs, reference_runs_needed,  # noqa: E402
-                                     rule_of)
+from orchestrator.population import (Job, Scores, head_runs_wanted, judge_job, record_runs,  # noqa: E402
+                                     reference_runs_needed, rule_of)
 
 SIGMA = 0.0117               # H200, 300-s budget, 3 seeds (issue 9)
 DEVICE, BUDGET = "h200", 300.0
@@ -63,9 +63,14 @@ def shipped(lin: Lineage, effects, fixed: float = 0.0, multiple: float = 2.0, ma
             lin.true, head = lin.true + e, mean
 
 
-def sequential(lin: Lineage, effects, sel: SelectionConfig) -> None:
-    """The new rule through popsearch's own Scores / judge_job / record_runs / reference_runs_needed."""
+def sequential(lin: Lineage, effects, sel: SelectionConfig, noise_dof: int = 0) -> None:
+    """The new rule through popsearch's own Scores / judge_job / record_runs / head_runs_wanted.
+    noise_dof > 0: σ starts from that many dof of another source (runs not counted as this member's)."""
     rule, scores, n = rule_of(sel), Scores(), 0
+    if noise_dof:
+        other = Job("t99999", "m1", "", "", "OTHER = 1\n", "baseline", "")
+        other.runs = [_ok(lin.rng.gauss(1.0, SIGMA)) for _ in range(noise_dof + 1)]
+        record_runs(scores, other, DEVICE, promoted=False)
     seed = Job(f"t{n:05d}", "m0", "", "", "SEED = 0\n", "baseline", "")
     seed.runs = [_ok(lin.run(lin.true)) for _ in range(sel.noise_seeds)]
     record_runs(scores, seed, DEVICE, promoted=False)
@@ -74,13 +79,10 @@ def sequential(lin: Lineage, effects, sel: SelectionConfig) -> None:
         n += 1
         job = Job(f"t{n:05d}", "m0", "", "", f"X = {n}\n", "mutate", "")
         head_hash = Job("", "", "", "", head_src, "", "").hash
-        top_up = reference_runs_needed(scores, head_hash, DEVICE, sel.head_runs)
-        if top_up:
-            ref = Job(f"r{n:05d}", "m0", "", "", head_src, "reference", "")
-            ref.runs = [_ok(lin.run(lin.true)) for _ in range(top_up)]
-            record_runs(scores, ref, DEVICE, promoted=False)
         while True:
             job.runs.append(_ok(lin.run(lin.true + e)))
+            confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= sel.confirm_runs
+            top_up(lin, scores, head_src, head_hash, head_runs_wanted(sel, confirming), n)
             v = judge_job(job, scores, head_hash, rule, head_src)
             if v["kind"] == "confirm" and not job.cleared_at:
                 job.cleared_at = len(job.runs)
@@ -91,6 +93,15 @@ def sequential(lin: Lineage, effects, sel: SelectionConfig) -> None:
         if promoted:
             lin.promotions.append((-e, e, v["head_score"] - (lin.true + e)))
             lin.true, head_src = lin.true + e, job.source
+
+
+def top_up(lin: Lineage, scores: Scores, head_src: str, head_hash: str, wanted: int, n: int) -> None:
+    """The driver's reference runs: the head's runs on the device kind up to `wanted`."""
+    short = reference_runs_needed(scores, head_hash, DEVICE, wanted)
+    if short:
+        ref = Job(f"r{n:05d}", "m0", "", "", head_src, "reference", "")
+        ref.runs = [_ok(lin.run(lin.true)) for _ in range(short)]
+        record_runs(scores, ref, DEVICE, promoted=False)
 
 
 def _ok(value: float) -> dict:
@@ -120,13 +131,19 @@ def stream(rule, effects_of, lineages: int, length: int, seed: int) -> dict:
     return {"promotions": promos, "runs": runs, "candidates": cands}
 
 
-def figures(rule, lineages: int, length: int, seed: int) -> dict:
+def figures(rule, fresh_rule, lineages: int, length: int, seed: int) -> dict:
+    """In sequence: members of `length` candidates each. Fresh head: members of one candidate each, so every
+    candidate meets a newly measured head (no selection of that head by earlier verdicts)."""
     out = {}
     null = stream(rule, lambda r: 0.0, lineages, length, seed)
-    out["null promoted"] = f"{len(null['promotions']) / null['candidates']:.1%}"
+    out["null promoted (in sequence)"] = f"{len(null['promotions']) / null['candidates']:.1%}"
+    fresh = stream(fresh_rule, lambda r: 0.0, lineages * length, 1, seed + 3)
+    out["null promoted (fresh head)"] = f"{len(fresh['promotions']) / fresh['candidates']:.1%}"
     for k in (0.25, 0.5, 1.0, 2.0):
         s = stream(rule, lambda r, k=k: -k * SIGMA, lineages, length, seed + 1)
-        out[f"power {k:g}σ"] = f"{len(s['promotions']) / s['candidates']:.0%}"
+        out[f"power {k:g}σ (in sequence)"] = f"{len(s['promotions']) / s['candidates']:.0%}"
+    s = stream(fresh_rule, lambda r: -SIGMA, lineages * length, 1, seed + 4)
+    out["power 1σ (fresh head)"] = f"{len(s['promotions']) / s['candidates']:.0%}"
     for name, mix in MIXES.items():
         s = stream(rule, lambda r, mix=mix: draw(mix, r), lineages, length, seed + 2)
         per100 = 100 / s["runs"]
@@ -146,23 +163,30 @@ def main(argv=None) -> None:
     ap.add_argument("--length", type=int, default=50, help="candidates per lineage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="selection.* knobs of the new rule, e.g. bar=1.7 head_runs=8 (default: the config's)")
+                    help="selection.* knobs of the new rule, e.g. alpha=0.2 head_runs=6 (default: the config's)")
+    ap.add_argument("--fresh-dof", type=int, default=20,
+                    help="fresh-head block: dof of σ the new rule already has (a population some trials in)")
     ap.add_argument("--only-new", action="store_true", help="leave the other rules out (for tuning)")
     args = ap.parse_args(argv)
     sel = SelectionConfig()
     for item in args.set:
         key, value = item.split("=", 1)
         setattr(sel, key, type(getattr(sel, key))(value))
-    rules = {"keep-if-lower": keep_if_lower,
-             "shipped (2×std of 3 seeds)": shipped,
-             "shipped (h100 margin 0.0234)": lambda lin, e: shipped(lin, e, fixed=0.0234),
-             "new: " + rule_of(sel).describe() + f", head {sel.head_runs}": lambda lin, e: sequential(lin, e, sel)}
+    new = "new: " + rule_of(sel).describe() + f", head {sel.head_runs}/{sel.confirm_head_runs}"
+    rules = {"keep-if-lower": (keep_if_lower, keep_if_lower),
+             "shipped (2×std of 3 seeds)": (shipped, shipped),
+             "shipped (h100 margin 0.0234)": (lambda lin, e: shipped(lin, e, fixed=0.0234),) * 2,
+             new: (lambda lin, e: sequential(lin, e, sel),
+                   lambda lin, e: sequential(lin, e, sel, noise_dof=args.fresh_dof))}
     if args.only_new:
         rules = {k: v for k, v in rules.items() if k.startswith("new")}
     t0 = time.time()
-    table = {name: figures(rule, args.lineages, args.length, args.seed) for name, rule in rules.items()}
-    print(f"σ = {SIGMA}, {args.lineages} lineages x {args.length} candidates per stream, seed {args.seed}, "
-          f"{SEED_RUNS} seed runs; {time.time() - t0:.0f} s")
+    table = {name: figures(rule, fresh, args.lineages, args.length, args.seed)
+             for name, (rule, fresh) in rules.items()}
+    print(f"σ = {SIGMA}, {args.lineages} lineages x {args.length} candidates per stream, seed {args.seed}; "
+          f"fresh head: {args.lineages * args.length} one-candidate members ({SEED_RUNS} seed runs for the old "
+          f"rules; head_runs {sel.head_runs} and σ from {args.fresh_dof} more dof for the new); "
+          f"{time.time() - t0:.0f} s")
     names = list(table)
     width = max(len(k) for k in table[names[0]])
     print("| " + "figure".ljust(width) + " | " + " | ".join(names) + " |")

@@ -8,7 +8,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from judge.noise import Noise, finite_scores, t_bar
+from judge.noise import Noise, finite_scores, inflated
 
 KINDS = ("promote", "discard", "rerun", "confirm")
 SEED_MARK = "SEED"                  # assignments to names containing this (any case) only choose randomness
@@ -19,24 +19,40 @@ EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.Y
 
 @dataclass(frozen=True)
 class Rule:
-    """The sequential rule's knobs (selection.* in the config). Evidence is t = (mean_cand - mean_head) /
-    (σ·sqrt(1/n_cand + 1/n_head)), read against Student t with σ's pooled dof (bars are given as z).
-    The defaults live in orchestrator/config.py SelectionConfig (chosen by bench/verdict_sim.py)."""
-    bar: float                   # clear when t <= -bar (as z): the candidate goes on to its confirmation
-    futility: float              # discard at once when t > -futility (not better by this many standard errors)
+    """The sequential rule's knobs (selection.* in the config; defaults in orchestrator/config.py
+    SelectionConfig, chosen by bench/verdict_sim.py).
+
+    Selection: a Wald SPRT after each run between H0 (δ = 0) and H1 (δ = -effect_sigmas·σ) on the gap
+    d = mean(candidate) - mean(head), whose variance σ²(1/n_cand + 1/n_head) carries the head's own
+    uncertainty (σ widened for its few dof, judge.noise.inflated). Accept H1 (log LR >= log((1-β)/α)):
+    the candidate goes on to `confirm_runs` fresh runs; accept H0 (log LR <= log(β/(1-α))) or reach
+    `max_runs`: discard. Confirmation: promote when every run of the candidate, against the head's runs,
+    gives z <= -confirm_bar; the confirmation runs alone become the new head's first runs."""
+    effect_sigmas: float         # δ1 of H1, in σ
+    alpha: float                 # the SPRT's nominal false-clear rate
+    beta: float                  # the SPRT's nominal miss rate at δ1
     max_runs: int                # selection runs at most; then discard
-    confirm_runs: int            # fresh runs of a cleared candidate; they alone become the new head's score
-    confirm_bar: float           # promote when the confirmation runs alone give t <= -confirm_bar
+    confirm_runs: int            # fresh runs of a cleared candidate; they alone score the new head
+    confirm_bar: float           # promote when all the candidate's runs give z <= -confirm_bar
+
+    @property
+    def upper(self) -> float:
+        return math.log((1 - self.beta) / self.alpha)
+
+    @property
+    def lower(self) -> float:
+        return math.log(self.beta / (1 - self.alpha))
 
     def describe(self) -> str:
-        return (f"sequential t: bar {self.bar:g}, futility {self.futility:g}, {self.max_runs} runs, "
-                f"confirm {self.confirm_runs} at {self.confirm_bar:g}")
+        return (f"SPRT δ1 {self.effect_sigmas:g}σ α {self.alpha:g} β {self.beta:g}, {self.max_runs} runs, "
+                f"confirm {self.confirm_runs} at z {self.confirm_bar:g}")
 
 
 @dataclass(frozen=True)
 class Verdict:
     """kind: promote | discard | rerun | confirm (run again to confirm); the runs it rests on, the evidence
-    t and the bar it was read against, and why, in one line. head_score: the confirmed score of a promotion."""
+    (log LR in selection, z at confirmation), the bar it was read against and the gap in val_bpb that bar
+    asks for (margin), and why, in one line. head_score: the confirmed score of a promotion."""
     kind: str
     runs: int
     decided_by: str
@@ -44,22 +60,43 @@ class Verdict:
     evidence: float | None = None
     bar: float | None = None
     head_score: float | None = None
+    margin: float | None = None
+
+
+def gap_se(n_cand: int, n_head: int, sigma: float) -> float:
+    """Standard error of mean(candidate) - mean(head)."""
+    return sigma * math.sqrt(1 / n_cand + 1 / n_head)
 
 
 def evidence(cand: list[float], head: list[float], sigma: float) -> float:
-    """t of the candidate's mean against the head's mean, in standard errors of the difference."""
-    se = sigma * math.sqrt(1 / len(cand) + 1 / len(head))
+    """z of the candidate's mean against the head's mean, in standard errors of the difference."""
+    se = gap_se(len(cand), len(head), sigma)
     diff = statistics.fmean(cand) - statistics.fmean(head)
     if se <= 0:
         return 0.0 if diff == 0 else math.copysign(math.inf, diff)
     return diff / se
 
 
+def log_lr(cand: list[float], head: list[float], sigma: float, effect_sigmas: float) -> float:
+    """log of P(gap | δ = -δ1) / P(gap | δ = 0) for a normal gap with the standard error of gap_se."""
+    se = gap_se(len(cand), len(head), sigma)
+    if se <= 0:
+        return 0.0
+    d1 = effect_sigmas * sigma
+    return -d1 * (statistics.fmean(cand) - statistics.fmean(head) + d1 / 2) / se ** 2
+
+
+def sprt_margin(n_cand: int, n_head: int, sigma: float, rule: Rule) -> float:
+    """How far below the head the candidate's mean must be for the log LR to reach rule.upper."""
+    d1 = rule.effect_sigmas * sigma
+    return d1 / 2 + rule.upper * gap_se(n_cand, n_head, sigma) ** 2 / d1
+
+
 def decide(cand_runs: list[float], head_runs: list[float], noise: Noise, rule: Rule, seed_only: bool,
            cleared_at: int = 0) -> Verdict:
     """After each run of a candidate: rerun, confirm, promote or discard (see Rule). cleared_at: how many
-    selection runs the candidate had when it cleared the bar (0: not yet); runs after those are its
-    confirmation. A seed-only change is never promoted; failed runs discard."""
+    selection runs the candidate had when the SPRT accepted H1 (0: not yet); runs after those confirm it.
+    A seed-only change is never promoted; failed runs discard."""
     runs = len(cand_runs)
     if seed_only:
         return Verdict("discard", runs, "seed-only change (differs from its parent only in *SEED* "
@@ -73,45 +110,51 @@ def decide(cand_runs: list[float], head_runs: list[float], noise: Noise, rule: R
         return _confirmation(finite, head, noise, rule, cleared_at)
     mean = statistics.fmean(finite)
     said = f"mean of {_runs(runs)} {mean:.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})"
-    if noise.sigma is None:
+    sigma = inflated(noise)
+    if sigma is None or sigma <= 0:
         kind = "rerun" if runs < rule.max_runs else "discard"
         return Verdict(kind, runs, f"{said}: {noise.describe()}, no evidence ({runs}/{rule.max_runs} runs)", mean)
-    t = evidence(finite, head, noise.sigma)
-    bar = t_bar(rule.bar, noise.dof)
-    said += f": t {t:.2f}, {noise.describe()}"
-    if t <= -bar:
+    llr = log_lr(finite, head, sigma, rule.effect_sigmas)
+    margin = sprt_margin(runs, len(head), sigma, rule)
+    said += f": log LR {llr:.2f}, {noise.describe()}"
+    if llr >= rule.upper:
         if rule.confirm_runs == 0:
-            return Verdict("promote", runs, f"{said} <= -{bar:.2f}: promoted", mean, t, bar, mean)
-        return Verdict("confirm", runs, f"{said} <= -{bar:.2f}: cleared, {rule.confirm_runs} fresh run(s) "
-                                        f"confirm it", mean, t, bar)
-    if t > -rule.futility:
-        return Verdict("discard", runs, f"{said} > -{rule.futility:g}: not better", mean, t, bar)
+            return Verdict("promote", runs, f"{said} >= {rule.upper:.2f}: promoted", mean, llr, rule.upper,
+                           mean, margin)
+        return Verdict("confirm", runs, f"{said} >= {rule.upper:.2f}: cleared, {rule.confirm_runs} fresh "
+                                        f"run(s) confirm it", mean, llr, rule.upper, None, margin)
+    if llr <= rule.lower:
+        return Verdict("discard", runs, f"{said} <= {rule.lower:.2f}: not better", mean, llr, rule.upper,
+                       None, margin)
     if runs >= rule.max_runs:
-        return Verdict("discard", runs, f"{said} short of -{bar:.2f} after {runs}/{rule.max_runs} runs",
-                       mean, t, bar)
-    return Verdict("rerun", runs, f"{said} between -{bar:.2f} and -{rule.futility:g}: re-run with a new "
-                                  f"seed ({runs}/{rule.max_runs} runs)", mean, t, bar)
+        return Verdict("discard", runs, f"{said} short of {rule.upper:.2f} after {runs}/{rule.max_runs} runs",
+                       mean, llr, rule.upper, None, margin)
+    return Verdict("rerun", runs, f"{said} between {rule.lower:.2f} and {rule.upper:.2f}: re-run with a new "
+                                  f"seed ({runs}/{rule.max_runs} runs)", mean, llr, rule.upper, None, margin)
 
 
 def _confirmation(finite: list[float], head: list[float], noise: Noise, rule: Rule, cleared_at: int) -> Verdict:
-    """The fresh runs after the bar was cleared: they alone decide, and they alone are the new head's score."""
+    """The fresh runs after the SPRT cleared the candidate: with the selection runs they decide (z on all
+    runs); they alone are the new head's score."""
     fresh = finite[cleared_at:]
     runs = len(finite)
     if len(fresh) < rule.confirm_runs:
         return Verdict("confirm", runs, f"confirmation run {len(fresh)}/{rule.confirm_runs}",
                        statistics.fmean(finite))
     score = statistics.fmean(fresh)
-    said = (f"cleared after {_runs(cleared_at)}; {_runs(len(fresh))} confirming {score:.6f} vs head "
-            f"{statistics.fmean(head):.6f} ({_runs(len(head))})")
-    if noise.sigma is None:
+    said = (f"cleared after {_runs(cleared_at)}; {_runs(len(fresh))} confirming {score:.6f}, all "
+            f"{statistics.fmean(finite):.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})")
+    sigma = inflated(noise)
+    if sigma is None or sigma <= 0:
         return Verdict("discard", runs, f"{said}: {noise.describe()}", score)
-    t = evidence(fresh, head, noise.sigma)
-    bar = t_bar(rule.confirm_bar, noise.dof)
-    said += f": t {t:.2f}, {noise.describe()}"
-    if t <= -bar:
-        return Verdict("promote", runs, f"{said} <= {-bar:.2f}: promoted at the confirmed score", score, t, bar,
-                       score)
-    return Verdict("discard", runs, f"{said} > {-bar:.2f}: not confirmed", score, t, bar)
+    z = evidence(finite, head, sigma)
+    margin = rule.confirm_bar * gap_se(runs, len(head), sigma)
+    said += f": z {z:.2f}, {noise.describe()}"
+    if z <= -rule.confirm_bar:
+        return Verdict("promote", runs, f"{said} <= {-rule.confirm_bar:.2f}: promoted at the confirmation "
+                                        f"runs' score", score, z, -rule.confirm_bar, score, margin)
+    return Verdict("discard", runs, f"{said} > {-rule.confirm_bar:.2f}: not confirmed", score, z,
+                   -rule.confirm_bar, None, margin)
 
 
 def compare_on_device(head_scores: dict[str, list[float] | float], device_kind: str) -> float | None:

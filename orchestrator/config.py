@@ -16,7 +16,7 @@ from trainer.spec import BudgetConfig
 PROPOSERS = ("mutate", "agent", "inbox")
 YAML_SWITCHES = ("resources.overlap",)
 # Keys of older configs (and of archives' saved config.yaml) that are read and ignored: the sequential
-# verdict rule (selection.bar and the rest) replaced the fixed or seed-spread margin.
+# verdict rule (selection.alpha and the rest) replaced the fixed or seed-spread margin.
 RETIRED_KEYS = ("selection.margin", "selection.margin_std")     # str keys whose values on/off YAML turns into booleans
 
 # The built-in default is the CPU demo: the baseline train.py shrunk by these overrides
@@ -53,12 +53,14 @@ class ProposerConfig:
 @dataclass
 class SelectionConfig:
     noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
-    bar: float = 1.5                     # clear when t <= -bar (as a z; read as Student t at σ's pooled dof)
-    futility: float = 0.0                # discard as soon as t > -futility
-    max_runs: int = 4                    # selection runs of a candidate at most
+    effect_sigmas: float = 1.0           # the SPRT's H1: a win of this many σ (H0: no effect)
+    alpha: float = 0.3                   # the SPRT's nominal false-clear rate (confirmation cuts it further)
+    beta: float = 0.5                    # the SPRT's nominal miss rate at effect_sigmas
+    max_runs: int = 3                    # selection runs of a candidate at most
     confirm_runs: int = 3                # fresh runs of a cleared candidate: they alone score the new head
-    confirm_bar: float = 0.8             # promote when the confirmation runs alone give t <= -confirm_bar
-    head_runs: int = 12                  # runs a head gets on a device kind before candidates compare with it
+    confirm_bar: float = 1.5             # promote when all the candidate's runs give z <= -confirm_bar
+    head_runs: int = 4                   # runs a head gets on a device kind before candidates compare with it
+    confirm_head_runs: int = 8           # runs the head gets there before a confirmation is decided
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired
@@ -228,8 +230,11 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     need(0 <= sel.confirm_runs <= 100, "selection.confirm_runs", "must be between 0 and 100")
     need(1 <= sel.noise_seeds <= 100, "selection.noise_seeds", "must be between 1 and 100 (the baseline runs)")
     need(1 <= sel.head_runs <= 100, "selection.head_runs", "must be between 1 and 100")
-    need(0 <= sel.bar <= 6, "selection.bar", "must be between 0 and 6 (a z)")
-    need(-6 <= sel.futility <= sel.bar, "selection.futility", "must be between -6 and selection.bar")
+    need(1 <= sel.confirm_head_runs <= 100, "selection.confirm_head_runs", "must be between 1 and 100")
+    need(0 < sel.effect_sigmas <= 10, "selection.effect_sigmas", "must be > 0 and at most 10 (in σ)")
+    need(0 < sel.alpha < 1, "selection.alpha", "must be between 0 and 1 (exclusive)")
+    need(0 < sel.beta < 1, "selection.beta", "must be between 0 and 1 (exclusive)")
+    need(sel.alpha + sel.beta < 1, "selection.beta", "must be below 1 - selection.alpha (else the SPRT never runs)")
     need(-6 <= sel.confirm_bar <= 6, "selection.confirm_bar", "must be between -6 and 6 (a z)")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")

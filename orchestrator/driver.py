@@ -17,8 +17,9 @@ from orchestrator import selection
 from orchestrator.archive import Archive
 from orchestrator.config import Config, seed_source
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, record_runs,
-                                     reference_runs_needed, rule_of, run_scores, source_hash, trial_number)
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, judge_job, ledger_row,
+                                     record_runs, reference_runs_needed, rule_of, run_scores, source_hash,
+                                     trial_number)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 
@@ -49,7 +50,8 @@ class Driver:
         self.agent_refs: dict = {}          # ray ref -> (member, parent commit) of running agents
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
-        self.references: set = set()        # (head hash, device kind) whose reference run was asked for
+        self.references: dict = {}          # (head hash, device kind) -> head runs its reference runs were asked for
+        self.referencing: set = set()       # (head hash, device kind) whose reference runs are queued or running
         self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
         self.culling = False
 
@@ -381,6 +383,8 @@ class Driver:
         job.runs.append(result)
         self.finish_job(job, result, {"kind": "discard", "decided_by": "infrastructure failures",
                                       "runs": 0}, {})
+        if job.proposer == REFERENCE:
+            self.resume_parked(job, job.device_kind)
 
     def on_result(self, job: Job, result: dict, slot: dict) -> None:
         job.runs.append(result)
@@ -405,9 +409,11 @@ class Driver:
         head = self.archive.heads()[job.member]
         head_hash = source_hash(self.archive.source(head))
         key = (head_hash, device)
-        short = reference_runs_needed(self.scores, head_hash, device, self.cfg.selection.head_runs)
-        if result.get("status") == "ok" and short and key not in self.references:
-            self.ask_reference(job, head, key, slot, short)
+        confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= self.cfg.selection.confirm_runs
+        wanted = head_runs_wanted(self.cfg.selection, confirming)
+        short = reference_runs_needed(self.scores, head_hash, device, wanted)
+        if result.get("status") == "ok" and short and (key in self.referencing or wanted > self.references.get(key, 0)):
+            self.ask_reference(job, head, key, slot, short, wanted)
             return
         verdict = judge_job(job, self.scores, head_hash, rule_of(self.cfg.selection),
                             self.archive.source(job.parent_commit))
@@ -419,17 +425,21 @@ class Driver:
             return
         self.finish_job(job, result, verdict, slot)
 
-    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int = 1) -> None:
-        """Park the candidate and run its member head on the candidate's device kind first (`runs` times)."""
-        self.references.add(key)
+    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int, wanted: int) -> None:
+        """Park the candidate; unless some are on their way, run its member head on the candidate's device
+        kind first (`runs` times, to `wanted` runs there)."""
         self.parked.setdefault(key, []).append((job, job.runs[-1], slot))
+        if key in self.referencing:
+            return
+        self.references[key] = wanted
+        self.referencing.add(key)
         ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
                                     proposer=REFERENCE, message=f"{runs} run(s) of {job.member}'s head on "
                                                                 f"{key[1]} for a same-device comparison"))
         ref.device_kind, ref.want_runs = key[1], runs
         self.ready.remove(ref)
         self.ready.appendleft(ref)
-        self.say(f"  {job.trial_id} waits for {ref.trial_id}: {job.member}'s head has no score on {key[1]}")
+        self.say(f"  {job.trial_id} waits for {ref.trial_id}: {runs} more run(s) of {job.member}'s head on {key[1]}")
 
     def on_reference(self, job: Job, result: dict, slot: dict, device: str) -> None:
         if result.get("status") == "ok" and len(job.runs) < job.want_runs:
@@ -438,6 +448,11 @@ class Driver:
         verdict = {"kind": "reference", "decided_by": f"{len(job.runs)} head run(s) on {device} for a "
                                                       f"same-device comparison", "runs": len(job.runs)}
         self.finish_job(job, result, verdict, slot)
+        self.resume_parked(job, device)
+
+    def resume_parked(self, ref: Job, device: str) -> None:
+        """A head's reference runs are done (or lost): decide the candidates parked on that device kind."""
+        self.referencing.discard((ref.hash, ref.device_kind or device))
         for key in [k for k in self.parked if k[1] == device]:
             for parked, last, its_slot in self.parked.pop(key):
                 self.decide(parked, last, its_slot, device)

@@ -33,8 +33,15 @@ def run_seed(trial_id: str, run_index: int) -> int:
 def rule_of(cfg_selection) -> judge_verdict.Rule:
     """The verdict rule the selection config asks for."""
     s = cfg_selection
-    return judge_verdict.Rule(bar=s.bar, futility=s.futility, max_runs=s.max_runs, confirm_runs=s.confirm_runs,
-                              confirm_bar=s.confirm_bar)
+    return judge_verdict.Rule(effect_sigmas=s.effect_sigmas, alpha=s.alpha, beta=s.beta, max_runs=s.max_runs,
+                              confirm_runs=s.confirm_runs, confirm_bar=s.confirm_bar)
+
+
+def head_runs_wanted(cfg_selection, confirming: bool) -> int:
+    """Runs the head needs on a device kind before a candidate is judged against it: selection.head_runs,
+    and selection.confirm_head_runs once the candidate is confirming (a head's runs accumulate)."""
+    s = cfg_selection
+    return max(s.head_runs, s.confirm_head_runs) if confirming else s.head_runs
 
 
 @dataclass
@@ -140,7 +147,7 @@ def run_scores(record: dict) -> list[float]:
 
 def reference_runs_needed(scores: Scores, head_hash: str, device: str, head_runs: int) -> int:
     """Runs of the head to add on this device kind before a candidate is compared with it: up to
-    `head_runs` there (the head's runs accumulate over its life); 0 for a head never judged anywhere."""
+    `head_runs` there (see head_runs_wanted); 0 for a head never judged anywhere."""
     if scores.any_device_mean(head_hash)[0] is None:
         return 0
     return max(0, head_runs - len(scores.runs(head_hash, device)))
@@ -175,12 +182,9 @@ def judge_job(job: Job, scores: Scores, head_hash: str, rule: judge_verdict.Rule
 
 def verdict_record(v: judge_verdict.Verdict, noise: Noise, rule: judge_verdict.Rule, head: list[float],
                    how: str, values: list[float], cleared_at: int) -> dict:
-    """The verdict as the ledger's columns: margin (the gap in val_bpb the bar asked for), σ and dof, t."""
-    tested = len(values) - cleared_at if cleared_at and v.kind in ("promote", "discard") else len(values)
-    margin = None
-    if v.bar is not None and noise.sigma is not None and head and tested:
-        margin = v.bar * noise.sigma * (1 / tested + 1 / len(head)) ** 0.5
-    return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "runs": v.runs, "margin": margin,
+    """The verdict as the ledger's columns: margin (the gap in val_bpb the bar asked for), σ and dof, the
+    evidence (log LR in selection, z at confirmation) and its bar."""
+    return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "runs": v.runs, "margin": v.margin,
             "head_runs": len(head), "sigma": noise.sigma, "sigma_dof": noise.dof, "evidence": v.evidence,
             "bar": v.bar, "rule": rule.describe(), "head_score": v.head_score,
             "selection_runs": cleared_at or len(values)}

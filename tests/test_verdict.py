@@ -8,14 +8,15 @@ import statistics
 
 import pytest
 
-from judge.noise import Noise, noise_by_key, pooled, t_bar, t_quantile
-from judge.verdict import Rule, compare_on_device, decide, is_seed_only_change
+from judge.noise import Noise, inflated, noise_by_key, pooled, t_quantile
+from judge.verdict import Rule, compare_on_device, decide, is_seed_only_change, log_lr, sprt_margin
+from orchestrator.config import SelectionConfig
 
 HEAD = [1.250, 1.252, 1.248, 1.251, 1.249, 1.250]
-UNIT = Rule(bar=1.0, futility=0.0, max_runs=3, confirm_runs=2, confirm_bar=0.0)   # easy numbers
-RULE = Rule(bar=1.5, futility=0.0, max_runs=4, confirm_runs=3, confirm_bar=0.8)   # the config defaults
+UNIT = Rule(effect_sigmas=1.0, alpha=0.3, beta=0.5, max_runs=3, confirm_runs=2, confirm_bar=1.0)
 SIGMA = Noise(0.002, 30, 5)
-HEAD_RUNS = 12
+DEFAULTS = SelectionConfig()
+RULE = Rule(**{k: getattr(DEFAULTS, k) for k in Rule.__dataclass_fields__})      # the config defaults
 
 
 def test_noise_is_pooled_over_every_source_run_twice_with_its_dof():
@@ -34,34 +35,50 @@ def test_t_quantile_matches_the_tables_and_tends_to_the_normal():
     assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=2e-3)
     assert t_quantile(0.975, 10) == pytest.approx(2.228, abs=2e-3)
     assert t_quantile(0.95, 10 ** 6) == pytest.approx(1.645, abs=1e-3)
-    assert t_quantile(0.95, 0) == math.inf and t_bar(0.0, 3) == 0.0
+    assert t_quantile(0.95, 0) == math.inf
 
 
-def test_a_clear_gain_clears_the_bar_then_fresh_runs_confirm_it_at_their_own_score():
+def test_sigma_is_widened_for_few_degrees_of_freedom():
+    assert inflated(Noise(0.01, 2, 1)) == pytest.approx(0.01 * 2.920 / 1.645, rel=1e-3)
+    assert 0.01 < inflated(Noise(0.01, 30, 4)) < 0.0104
+    assert inflated(Noise()) is None
+
+
+def test_log_likelihood_ratio_and_the_margin_it_implies():
+    # gap -1σ, se² = σ²(1 + 1/4): log LR = δ1 (1 - 1/2) / 1.25 = 0.4 for δ1 = 1σ
+    assert log_lr([-1.0], [0.0] * 4, 1.0, 1.0) == pytest.approx(0.4)
+    assert log_lr([0.0], [0.0] * 4, 1.0, 1.0) == pytest.approx(-0.4)
+    margin = sprt_margin(2, 4, 1.0, UNIT)
+    assert log_lr([-margin, -margin], [0.0] * 4, 1.0, 1.0) == pytest.approx(UNIT.upper)
+    assert UNIT.upper == pytest.approx(math.log(0.5 / 0.3)) and UNIT.lower == pytest.approx(math.log(0.5 / 0.7))
+
+
+def test_a_clear_gain_clears_the_sprt_then_fresh_runs_confirm_it_at_their_own_score():
     first = decide([1.244], HEAD, SIGMA, UNIT, seed_only=False)
-    assert first.kind == "confirm" and first.evidence < -first.bar
+    assert first.kind == "confirm" and first.evidence >= first.bar and first.margin > 0
     still = decide([1.244, 1.246], HEAD, SIGMA, UNIT, False, cleared_at=1)
     assert still.kind == "confirm" and "1/2" in still.decided_by
     done = decide([1.244, 1.246, 1.247], HEAD, SIGMA, UNIT, False, cleared_at=1)
     assert done.kind == "promote" and done.head_score == pytest.approx(1.2465)   # the selecting run left out
+    assert done.evidence <= done.bar == -UNIT.confirm_bar
 
 
 def test_confirmation_that_does_not_reproduce_discards():
     v = decide([1.244, 1.252, 1.251], HEAD, SIGMA, UNIT, False, cleared_at=1)
-    assert v.kind == "discard" and "not confirmed" in v.decided_by
+    assert v.kind == "discard" and "not confirmed" in v.decided_by and v.head_score is None
 
 
 def test_not_better_is_discarded_at_once_and_a_small_gain_is_rerun_up_to_the_cap():
-    assert decide([1.251], HEAD, SIGMA, UNIT, False).kind == "discard"
-    assert decide([1.2495], HEAD, SIGMA, UNIT, False).kind == "rerun"
-    spent = decide([1.2495, 1.2497, 1.2496], HEAD, SIGMA, UNIT, False)
+    assert decide([1.2503], HEAD, SIGMA, UNIT, False).kind == "discard"
+    assert decide([1.2485], HEAD, SIGMA, UNIT, False).kind == "rerun"
+    spent = decide([1.2485, 1.2484, 1.2486], HEAD, SIGMA, UNIT, False)
     assert spent.kind == "discard" and "after 3/3 runs" in spent.decided_by
 
 
 def test_sigma_uncertainty_raises_the_bar():
-    gain = [1.2475]
+    gain = [1.247]
     assert decide(gain, HEAD, Noise(0.002, 200, 9), UNIT, False).kind == "confirm"
-    assert decide(gain, HEAD, Noise(0.002, 1, 1), UNIT, False).kind == "rerun"     # t at 1 dof: bar 1.82
+    assert decide(gain, HEAD, Noise(0.002, 2, 1), UNIT, False).kind == "rerun"      # σ x1.78 at 2 dof
     unknown = decide(gain, HEAD, Noise(), UNIT, False)
     assert unknown.kind == "rerun" and "σ unknown" in unknown.decided_by
 
@@ -75,17 +92,20 @@ def test_seed_only_change_is_never_promoted_and_failed_runs_discard():
 
 
 def _stream(effect: float, n: int, seed: int) -> float:
-    """Share of n candidates (true effect `effect` σ) promoted by the rule against a 12-run head (a fresh one
-    every 10 candidates), σ pooled from the seed's 3 runs and every repeated candidate, as the driver does."""
+    """Share of n candidates (true effect `effect` σ) promoted by the default rule against a fresh head every
+    10 candidates: head_runs runs, topped up to confirm_head_runs before a confirmation is decided, as the
+    driver does; σ pooled from the head's runs and every candidate run more than once."""
     rng = random.Random(seed)
     promoted = 0
     for i in range(n):
         if i % 10 == 0:
-            head = [rng.gauss(0, 1) for _ in range(HEAD_RUNS)]
-            groups = [head[:3]]
+            head = [rng.gauss(0, 1) for _ in range(DEFAULTS.head_runs)]
+            groups = [head]
         runs, cleared = [], 0
         while True:
             runs.append(rng.gauss(effect, 1))
+            if cleared and len(runs) - cleared >= RULE.confirm_runs:
+                head += [rng.gauss(0, 1) for _ in range(DEFAULTS.confirm_head_runs - len(head))]
             v = decide(runs, head, pooled(groups + [runs]), RULE, False, cleared)
             if v.kind == "confirm" and not cleared:
                 cleared = len(runs)

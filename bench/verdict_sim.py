@@ -159,7 +159,7 @@ def figures(rule, fresh_rule, lineages: int, length: int, seed: int) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lineages", type=int, default=40)
+    ap.add_argument("--lineages", type=int, default=100)
     ap.add_argument("--length", type=int, default=50, help="candidates per lineage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

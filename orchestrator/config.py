@@ -55,12 +55,12 @@ class SelectionConfig:
     noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
     effect_sigmas: float = 1.0           # the SPRT's H1: a win of this many σ (H0: no effect)
     alpha: float = 0.3                   # the SPRT's nominal false-clear rate (confirmation cuts it further)
-    beta: float = 0.5                    # the SPRT's nominal miss rate at effect_sigmas
-    max_runs: int = 3                    # selection runs of a candidate at most
+    beta: float = 0.6                    # the SPRT's nominal miss rate at effect_sigmas
+    max_runs: int = 2                    # selection runs of a candidate at most
     confirm_runs: int = 3                # fresh runs of a cleared candidate: they alone score the new head
     confirm_bar: float = 1.5             # promote when all the candidate's runs give z <= -confirm_bar
     head_runs: int = 4                   # runs a head gets on a device kind before candidates compare with it
-    confirm_head_runs: int = 8           # runs the head gets there before a confirmation is decided
+    confirm_head_runs: int = 10          # runs the head gets there before a confirmation is decided
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired
@@ -97,7 +97,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(seq_len=128, eval_tokens=16384))
     proposers: ProposerConfig = field(default_factory=ProposerConfig)
-    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2))
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2, head_runs=3,
+                                                                               confirm_head_runs=4))
     stop: StopConfig = field(default_factory=lambda: StopConfig(max_trials=16))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source: str = ""                     # the file this config came from (set by load)

@@ -70,8 +70,8 @@ SCHEMA = pa.schema([
     ("head_runs", pa.int64()),          # runs of the head the candidate was compared with
     ("sigma", pa.float64()),            # σ of one run, pooled over this device kind and budget
     ("sigma_dof", pa.int64()),          # its degrees of freedom
-    ("evidence", pa.float64()),         # t of the deciding comparison (negative: the candidate is better)
-    ("bar", pa.float64()),              # the t it was read against (Student t at sigma_dof)
+    ("evidence", pa.float64()),         # selection: log LR (high: a win); confirmation: z over all runs (low: a win)
+    ("bar", pa.float64()),              # what it was read against: the SPRT's upper threshold, or -confirm_bar
     ("rule", pa.string()),              # the rule and its knobs
     ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
     ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs

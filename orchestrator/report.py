@@ -447,7 +447,7 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
              f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
              f"- pending (proposed, not judged): {len(snap.pending)}"]
     lines += ["", "## Leaderboard ([leaderboard.tsv](leaderboard.tsv))", "", _markdown_table(board), "",
-              "## Verdicts (evidence t against its bar; negative t: better than the head)", "",
+              "## Verdicts (evidence: the log LR against its bar in selection, z at confirmation; see `rule`)", "",
               verdict_table(snap), "",
               "## Progress", "", "![val_bpb of every trial](progress.png)", "",
               "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]

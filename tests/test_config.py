@@ -82,3 +82,14 @@ def test_overlap_switch_reads_yaml_on_off(tmp_path):
     assert load(write(tmp_path, "resources: {overlap: off}\n")).resources.overlap == "off"
     with pytest.raises(ConfigError, match="resources.overlap"):
         load(write(tmp_path, "resources: {overlap: sometimes}\n"))
+
+
+@pytest.mark.parametrize("text, key", [
+    ("selection:\n  alpha: 1.2\n", "selection.alpha"),
+    ("selection:\n  alpha: 0.6\n  beta: 0.5\n", "selection.beta"),
+    ("selection:\n  effect_sigmas: 0\n", "selection.effect_sigmas"),
+    ("selection:\n  confirm_head_runs: 0\n", "selection.confirm_head_runs"),
+])
+def test_verdict_rule_knobs_are_range_checked(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(write(tmp_path, text))

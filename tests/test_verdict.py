@@ -94,13 +94,13 @@ def test_seed_only_change_is_never_promoted_and_failed_runs_discard():
 def _stream(effect: float, n: int, seed: int) -> float:
     """Share of n candidates (true effect `effect` σ) promoted by the default rule against a fresh head every
     10 candidates: head_runs runs, topped up to confirm_head_runs before a confirmation is decided, as the
-    driver does; σ pooled from the head's runs and every candidate run more than once."""
+    driver does; σ pooled, as the driver pools it, over every head so far and every candidate run twice."""
     rng = random.Random(seed)
-    promoted = 0
+    promoted, groups = 0, []
     for i in range(n):
         if i % 10 == 0:
             head = [rng.gauss(0, 1) for _ in range(DEFAULTS.head_runs)]
-            groups = [head]
+            groups.append(head)
         runs, cleared = [], 0
         while True:
             runs.append(rng.gauss(effect, 1))

@@ -20,8 +20,8 @@ lr = "MATRIX_LR = 0.02 "
 assert lr in seed, "trainer/train.py has no 'MATRIX_LR = 0.02 ' line"
 edits = {  # sorted by name = the order the inbox takes them
     "m0--1-matrix-lr.patch": seed.replace(lr, "MATRIX_LR = 0.025", 1),
-    "m0--2-null-comment.patch": seed.replace("\n", "\n# a comment: training is unchanged\n", 1),
-    "m0--3-null-constant.patch": seed.replace(lr, "UNUSED_BENCH_CONSTANT = 3  # read by nothing\n" + lr, 1),
+    "m0--2-null-constant.patch": seed.replace(lr, "UNUSED_BENCH_CONSTANT = 3  # read by nothing\n" + lr, 1),
+    "m0--3-null-comment.patch": seed.replace("\n", "\n# a comment: training is unchanged\n", 1),
 }
 for name, new in edits.items():
     diff = difflib.unified_diff(seed.splitlines(True), new.splitlines(True), "a/train.py", "b/train.py")
@@ -45,7 +45,7 @@ seed = df[df.proposer == "baseline"]
 print(f"seed runs: {[round(v, 5) for v in seed.val_bpb]}")
 for _, r in df[df.proposer == "inbox"].iterrows():
     runs = json.loads(r.run_scores or "[]")
-    print(f"{r.trial_id} {r.message[:40]!r}: {r.verdict}, {r.runs} run(s) {[round(v, 5) for v in runs]}, "
+    print(f"{r.trial_id} {str(r.message)[:40]!r}: {r.verdict}, {r.runs} run(s) {[round(v, 5) for v in runs]}, "
           f"selection runs {r.selection_runs}, head runs {r.head_runs}, σ {r.sigma}, evidence {r.evidence}, "
           f"bar {r.bar}\n    {r.decided_by}")
     if r.verdict != "promote":
@@ -58,8 +58,8 @@ for _, r in df[df.proposer == "inbox"].iterrows():
                f"{'reproduces' if abs(statistics.fmean(redo) - r.head_score) <= band else 'does NOT reproduce'} "
                f"(within 2σ·√(1+1/n) = {band:.5f})")
     print(f"    promoted head re-run: {verdict}")
-left = df[df.proposer == "inbox"].trial_id.tolist()
-print(f"{len(left)} of 3 inbox candidates decided before the wall")
+decided = (df.proposer == "inbox").sum()
+print(f"{decided} of 3 inbox candidates decided before the wall (the rest stay pending in the archive)")
 PY
 tar czf "$OUT/archive.tgz" -C /tmp/runs verdicts
 echo "total wall $(( $(date +%s) - T0 )) s"

@@ -1,6 +1,6 @@
 """The noise of val_bpb: σ pooled over every source measured more than once, with its degrees of freedom.
 
-Pure numbers (no torch, no git): groups of repeated runs in, a pooled σ and a Student-t quantile out."""
+Pure numbers (no torch, no git): groups of repeated runs in, a pooled σ, its Student-t widening and quantiles out."""
 from __future__ import annotations
 
 import math

@@ -336,7 +336,7 @@ class Driver:
     def try_reuse(self, job: Job, slot: dict) -> bool:
         """A byte-identical candidate already judged is not trained again: the earlier result on this slot's
         device kind is reused, else the one on any other kind."""
-        if job.proposer == BASELINE or job.runs:
+        if job.proposer in (BASELINE, REFERENCE) or job.runs:       # a head re-run is meant to train again
             return False
         judged = sorted(d for h, d in self.scores.trial_of if h == job.hash)
         if not judged:

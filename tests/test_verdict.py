@@ -1,5 +1,5 @@
-"""The verdict rule on synthetic numbers: pooled noise, Student t, rerun / confirm / promote / discard, a
-measured null promotion rate, seed-only changes and the same-device comparison."""
+"""The verdict rule on synthetic numbers: pooled noise and its widening, the SPRT, rerun / confirm / promote / discard,
+a measured null promotion rate, seed-only changes and the same-device comparison."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
-"""Keep or discard: the noise floor of val_bpb per device kind and the promote / rerun / discard rule.
+"""Keep or discard: the sequential rule (rerun / confirm / promote / discard) and seed-only changes.
 
-Pure functions on numbers and source text (lower val_bpb is better); the driver records margin, runs, decided_by."""
+Pure functions on numbers and source text (lower val_bpb is better); the driver records the evidence."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-KINDS = ("promote", "discard", "rerun")
+from judge.noise import Noise, finite_scores, inflated
+
+KINDS = ("promote", "discard", "rerun", "confirm")
 SEED_MARK = "SEED"                  # assignments to names containing this (any case) only choose randomness
 # Nodes that could hide an effect inside a "seed" assignment: such an assignment counts as a real change.
 EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
@@ -16,69 +18,143 @@ EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.Y
 
 
 @dataclass(frozen=True)
+class Rule:
+    """The sequential rule's knobs (selection.* in the config; defaults in orchestrator/config.py
+    SelectionConfig, chosen by bench/verdict_sim.py).
+
+    Selection: a Wald SPRT after each run between H0 (δ = 0) and H1 (δ = -effect_sigmas·σ) on the gap
+    d = mean(candidate) - mean(head), whose variance σ²(1/n_cand + 1/n_head) carries the head's own
+    uncertainty (σ widened for its few dof, judge.noise.inflated). Accept H1 (log LR >= log((1-β)/α)):
+    the candidate goes on to `confirm_runs` fresh runs; accept H0 (log LR <= log(β/(1-α))) or reach
+    `max_runs`: discard. Confirmation: promote when every run of the candidate, against the head's runs,
+    gives z <= -confirm_bar; the confirmation runs alone become the new head's first runs."""
+    effect_sigmas: float         # δ1 of H1, in σ
+    alpha: float                 # the SPRT's nominal false-clear rate
+    beta: float                  # the SPRT's nominal miss rate at δ1
+    max_runs: int                # selection runs at most; then discard
+    confirm_runs: int            # fresh runs of a cleared candidate; they alone score the new head
+    confirm_bar: float           # promote when all the candidate's runs give z <= -confirm_bar
+
+    @property
+    def upper(self) -> float:
+        return math.log((1 - self.beta) / self.alpha)
+
+    @property
+    def lower(self) -> float:
+        return math.log(self.beta / (1 - self.alpha))
+
+    def describe(self) -> str:
+        return (f"SPRT δ1 {self.effect_sigmas:g}σ α {self.alpha:g} β {self.beta:g}, {self.max_runs} runs, "
+                f"confirm {self.confirm_runs} at z {self.confirm_bar:g}")
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """kind: promote | discard | rerun; the margin used, how many runs it rests on, and why, in one line."""
+    """kind: promote | discard | rerun | confirm (run again to confirm); the runs it rests on, the evidence
+    (log LR in selection, z at confirmation), the bar it was read against and the gap in val_bpb that bar
+    asks for (margin), and why, in one line. head_score: the confirmed score of a promotion."""
     kind: str
-    margin: float
     runs: int
     decided_by: str
     mean: float | None = None
+    evidence: float | None = None
+    bar: float | None = None
+    head_score: float | None = None
+    margin: float | None = None
 
 
-def noise_floor(scores_by_device: dict[str, list[float]]) -> dict[str, float]:
-    """Sample standard deviation of val_bpb per device kind, from repeated runs of the same train.py
-    with different seeds. Failed runs (None, NaN) are left out; each kind needs 2 finite scores."""
-    floors = {}
-    for kind, scores in scores_by_device.items():
-        finite = _finite(scores)
-        if len(finite) < 2:
-            raise ValueError(f"noise_floor: device kind {kind!r} has {len(finite)} finite score(s) "
-                             f"of {len(scores)}; at least 2 are needed for a standard deviation")
-        floors[kind] = statistics.stdev(finite)
-    return floors
+def gap_se(n_cand: int, n_head: int, sigma: float) -> float:
+    """Standard error of mean(candidate) - mean(head)."""
+    return sigma * math.sqrt(1 / n_cand + 1 / n_head)
 
 
-def margin_for(std: float | None, multiple: float, fixed: float) -> float:
-    """The promotion margin: max(multiple * std, fixed). multiple = 0 gives the fixed value alone, fixed = 0
-    the multiple of the noise alone. std None (no noise floor measured for this device kind) needs fixed > 0."""
-    if multiple < 0 or fixed < 0:
-        raise ValueError(f"margin_for: multiple ({multiple}) and fixed ({fixed}) must be >= 0")
-    if std is None or not math.isfinite(std):
-        if fixed <= 0:
-            raise ValueError("margin_for: no noise floor for this device kind and no fixed margin; "
-                             "measure the noise floor or set a fixed margin")
-        return float(fixed)
-    if std < 0:
-        raise ValueError(f"margin_for: std must be >= 0, got {std}")
-    return max(multiple * std, float(fixed))
+def evidence(cand: list[float], head: list[float], sigma: float) -> float:
+    """z of the candidate's mean against the head's mean, in standard errors of the difference."""
+    se = gap_se(len(cand), len(head), sigma)
+    diff = statistics.fmean(cand) - statistics.fmean(head)
+    if se <= 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / se
 
 
-def decide(candidate_scores: list[float], head_score: float, margin: float, max_runs: int,
-           seed_only: bool) -> Verdict:
-    """promote if mean(candidate) < head - margin; rerun (with a new seed) if better than head but inside the
-    margin and fewer than max_runs runs so far; discard otherwise. A seed-only change is never promoted."""
-    if not math.isfinite(head_score):
-        raise ValueError(f"decide: head score must be finite, got {head_score}")
-    if margin < 0 or max_runs < 1:
-        raise ValueError(f"decide: margin ({margin}) must be >= 0 and max_runs ({max_runs}) >= 1")
-    runs = len(candidate_scores)
+def log_lr(cand: list[float], head: list[float], sigma: float, effect_sigmas: float) -> float:
+    """log of P(gap | δ = -δ1) / P(gap | δ = 0) for a normal gap with the standard error of gap_se."""
+    se = gap_se(len(cand), len(head), sigma)
+    if se <= 0:
+        return 0.0
+    d1 = effect_sigmas * sigma
+    return -d1 * (statistics.fmean(cand) - statistics.fmean(head) + d1 / 2) / se ** 2
+
+
+def sprt_margin(n_cand: int, n_head: int, sigma: float, rule: Rule) -> float:
+    """How far below the head the candidate's mean must be for the log LR to reach rule.upper."""
+    d1 = rule.effect_sigmas * sigma
+    return d1 / 2 + rule.upper * gap_se(n_cand, n_head, sigma) ** 2 / d1
+
+
+def decide(cand_runs: list[float], head_runs: list[float], noise: Noise, rule: Rule, seed_only: bool,
+           cleared_at: int = 0) -> Verdict:
+    """After each run of a candidate: rerun, confirm, promote or discard (see Rule). cleared_at: how many
+    selection runs the candidate had when the SPRT accepted H1 (0: not yet); runs after those confirm it.
+    A seed-only change is never promoted; failed runs discard."""
+    runs = len(cand_runs)
     if seed_only:
-        return Verdict("discard", margin, runs, "seed-only change (differs from its parent only in *SEED* "
-                                                "assignments): never promoted")
-    finite = _finite(candidate_scores)
+        return Verdict("discard", runs, "seed-only change (differs from its parent only in *SEED* "
+                                        "assignments): never promoted")
+    finite, head = _finite(cand_runs), _finite(head_runs)
     if runs == 0 or len(finite) != runs:
-        return Verdict("discard", margin, runs, f"{runs - len(finite)} of {runs} run(s) gave no finite val_bpb")
+        return Verdict("discard", runs, f"{runs - len(finite)} of {runs} run(s) gave no finite val_bpb")
+    if not head:
+        return Verdict("discard", runs, "no score for the head to compare with")
+    if cleared_at:
+        return _confirmation(finite, head, noise, rule, cleared_at)
     mean = statistics.fmean(finite)
-    said = f"mean of {_runs(runs)} {mean:.6f}"
-    if mean < head_score - margin:
-        return Verdict("promote", margin, runs, f"{said} < head {head_score:.6f} - margin {margin:.6f}", mean)
-    if mean < head_score and runs < max_runs:
-        return Verdict("rerun", margin, runs, f"{said} < head {head_score:.6f} but within margin {margin:.6f}: "
-                                              f"re-run with a new seed ({runs}/{max_runs} runs)", mean)
-    if mean < head_score:
-        return Verdict("discard", margin, runs, f"{said} still within margin {margin:.6f} of head "
-                                                f"{head_score:.6f} after {runs}/{max_runs} runs", mean)
-    return Verdict("discard", margin, runs, f"{said} >= head {head_score:.6f}", mean)
+    said = f"mean of {_runs(runs)} {mean:.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})"
+    sigma = inflated(noise)
+    if sigma is None or sigma <= 0:
+        kind = "rerun" if runs < rule.max_runs else "discard"
+        return Verdict(kind, runs, f"{said}: {noise.describe()}, no evidence ({runs}/{rule.max_runs} runs)", mean)
+    llr = log_lr(finite, head, sigma, rule.effect_sigmas)
+    margin = sprt_margin(runs, len(head), sigma, rule)
+    said += f": log LR {llr:.2f}, {noise.describe()}"
+    if llr >= rule.upper:
+        if rule.confirm_runs == 0:
+            return Verdict("promote", runs, f"{said} >= {rule.upper:.2f}: promoted", mean, llr, rule.upper,
+                           mean, margin)
+        return Verdict("confirm", runs, f"{said} >= {rule.upper:.2f}: cleared, {rule.confirm_runs} fresh "
+                                        f"run(s) confirm it", mean, llr, rule.upper, None, margin)
+    if llr <= rule.lower:
+        return Verdict("discard", runs, f"{said} <= {rule.lower:.2f}: not better", mean, llr, rule.upper,
+                       None, margin)
+    if runs >= rule.max_runs:
+        return Verdict("discard", runs, f"{said} short of {rule.upper:.2f} after {runs}/{rule.max_runs} runs",
+                       mean, llr, rule.upper, None, margin)
+    return Verdict("rerun", runs, f"{said} between {rule.lower:.2f} and {rule.upper:.2f}: re-run with a new "
+                                  f"seed ({runs}/{rule.max_runs} runs)", mean, llr, rule.upper, None, margin)
+
+
+def _confirmation(finite: list[float], head: list[float], noise: Noise, rule: Rule, cleared_at: int) -> Verdict:
+    """The fresh runs after the SPRT cleared the candidate: with the selection runs they decide (z on all
+    runs); they alone are the new head's score."""
+    fresh = finite[cleared_at:]
+    runs = len(finite)
+    if len(fresh) < rule.confirm_runs:
+        return Verdict("confirm", runs, f"confirmation run {len(fresh)}/{rule.confirm_runs}",
+                       statistics.fmean(finite))
+    score = statistics.fmean(fresh)
+    said = (f"cleared after {_runs(cleared_at)}; {_runs(len(fresh))} confirming {score:.6f}, all "
+            f"{statistics.fmean(finite):.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})")
+    sigma = inflated(noise)
+    if sigma is None or sigma <= 0:
+        return Verdict("discard", runs, f"{said}: {noise.describe()}", score)
+    z = evidence(finite, head, sigma)
+    margin = rule.confirm_bar * gap_se(runs, len(head), sigma)
+    said += f": z {z:.2f}, {noise.describe()}"
+    if z <= -rule.confirm_bar:
+        return Verdict("promote", runs, f"{said} <= {-rule.confirm_bar:.2f}: promoted at the confirmation "
+                                        f"runs' score", score, z, -rule.confirm_bar, score, margin)
+    return Verdict("discard", runs, f"{said} > {-rule.confirm_bar:.2f}: not confirmed", score, z,
+                   -rule.confirm_bar, None, margin)
 
 
 def compare_on_device(head_scores: dict[str, list[float] | float], device_kind: str) -> float | None:
@@ -138,7 +214,7 @@ def _target_name(target) -> str | None:
 
 
 def _finite(scores) -> list[float]:
-    return [float(s) for s in scores if s is not None and math.isfinite(s)]
+    return finite_scores(scores)
 
 
 def _runs(n: int) -> str:

@@ -17,6 +17,9 @@ from trainer.spec import BudgetConfig
 PROPOSERS = ("mutate", "agent", "endpoint", "inbox")
 AGENT_CLIS = ("claude", "codex", "gemini", "aider", "opencode", "custom")   # proposers.agent presets
 YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
+# Keys of older configs (and of archives' saved config.yaml) that are read and ignored: the sequential
+# verdict rule (selection.alpha and the rest) replaced the fixed or seed-spread margin.
+RETIRED_KEYS = ("selection.margin", "selection.margin_std")
 
 # The built-in default (`popsearch run` with no config) is the CPU demo: the baseline train.py shrunk by
 # these overrides. configs/demo.yaml spells the same values out (a test keeps the two equal); a config file
@@ -108,10 +111,15 @@ class ProposerConfig:
 
 @dataclass
 class SelectionConfig:
-    noise_seeds: int = 3                 # runs of the seed at creation: baseline score and noise floor
-    margin_std: float = 2.0              # promotion margin = margin_std x noise std ...
-    margin: float = 0.0                  # ... or this fixed value when > 0
-    max_runs: int = 2                    # runs a promising candidate gets before the verdict is final
+    noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
+    effect_sigmas: float = 1.0           # the SPRT's H1: a win of this many σ (H0: no effect)
+    alpha: float = 0.3                   # the SPRT's nominal false-clear rate (confirmation cuts it further)
+    beta: float = 0.6                    # the SPRT's nominal miss rate at effect_sigmas
+    max_runs: int = 2                    # selection runs of a candidate at most
+    confirm_runs: int = 3                # fresh runs of a cleared candidate: they alone score the new head
+    confirm_bar: float = 1.5             # promote when all the candidate's runs give z <= -confirm_bar
+    head_runs: int = 4                   # runs a head gets on a device kind before candidates compare with it
+    confirm_head_runs: int = 10          # runs the head gets there before a confirmation is decided
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired
@@ -148,7 +156,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(seq_len=128, eval_tokens=16384))
     proposers: ProposerConfig = field(default_factory=ProposerConfig)
-    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2))
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2, head_runs=3,
+                                                                               confirm_head_runs=4))
     stop: StopConfig = field(default_factory=lambda: StopConfig(max_trials=16))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source: str = ""                     # the file this config came from (set by load)
@@ -214,6 +223,7 @@ def _budget_value(raw: dict, where: Where) -> dict:
 
 def _build(cls, raw: dict, where: Where, prefix: str):
     hints = typing.get_type_hints(cls)
+    raw = {k: v for k, v in raw.items() if prefix + k not in RETIRED_KEYS}
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -323,10 +333,15 @@ NUMBER_RULES = {
     "proposers.endpoint.backoff": _at_least(0),
     "proposers.endpoint.max_tokens": _at_least(1),
     "proposers.endpoint.temperature": _between(0, 2),
-    "selection.noise_seeds": _at_least(1),
-    "selection.margin_std": _at_least(0),
-    "selection.margin": _at_least(0),
-    "selection.max_runs": _at_least(1),
+    "selection.noise_seeds": _between(1, 100, " (the baseline runs)"),
+    "selection.max_runs": _between(1, 100),
+    "selection.confirm_runs": _between(0, 100),
+    "selection.head_runs": _between(1, 100),
+    "selection.confirm_head_runs": _between(1, 100),
+    "selection.effect_sigmas": (lambda v: 0 < v <= 10, "must be > 0 and at most 10 (in σ)"),
+    "selection.alpha": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
+    "selection.beta": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
+    "selection.confirm_bar": _between(-6, 6, " (a z)"),
     "selection.cull_every": (lambda v: v >= 1, "must be at least 1 (to never cull, set it above stop.max_trials)"),
     "selection.cull_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
     "selection.patience": _at_least(0),
@@ -384,6 +399,8 @@ def validate(cfg: Config, where: str | Where = "<config>") -> None:
              for w in weights.values()), "proposers.weights", "must map proposer names to finite weights >= 0")
     need(sum(weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
     _validate_agents(cfg.proposers, need)
+    need(cfg.selection.alpha + cfg.selection.beta < 1, "selection.beta",
+         "must be below 1 - selection.alpha (else the SPRT never runs)")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")

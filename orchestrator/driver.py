@@ -13,13 +13,16 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
+from judge import verdict as judge_verdict
+from judge.noise import inflated
 from orchestrator import budget as budget_rules
 from orchestrator import selection
 from orchestrator.archive import Archive, is_archive
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
-                                     needs_reference, run_scores, source_hash)
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, judge_job, ledger_row,
+                                     record_runs, reference_runs_needed, rule_of, run_scores, source_hash,
+                                     trial_number)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 from orchestrator.proposers.brief import full_brief
@@ -50,13 +53,13 @@ class Driver:
         self.finished = 0
         self.candidates_finished = 0
         self.next_id = 0
-        self.margins: dict[str, float] = {}
         self.baseline: dict[str, list[float]] = {}
         self.t_start = time.time()
         self.agent_refs: dict = {}          # ray ref -> (member, parent commit, proposer) of running agents/endpoints
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
-        self.references: set = set()        # (head hash, device kind) whose reference run was asked for
+        self.references: dict = {}          # (head hash, device kind) -> head runs its reference runs were asked for
+        self.referencing: set = set()       # (head hash, device kind) whose reference runs are queued or running
         self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
         self.culling = False
         self.lost: set[int] = set()         # actor indexes whose actor died (node lost): no dispatch there
@@ -93,7 +96,7 @@ class Driver:
         for r in sorted(records, key=lambda r: r.get("finished_at") or 0):
             self._absorb_record(r)
         self.finished = sum(1 for r in records if r.get("status") != "infra")   # infra rows never count
-        self.next_id = 1 + max([_id_number(t) for t in done_ids] + [_id_number(p.trial_id) for p in
+        self.next_id = 1 + max([trial_number(t) for t in done_ids] + [trial_number(p.trial_id) for p in
                                                                        self.archive.pending()] + [-1])
         for p in self.archive.pending():
             self.ready.append(self._job_from_pending(p))
@@ -109,27 +112,28 @@ class Driver:
         if r.get("reused_from"):
             runs = []
         self.scores.trial_of.setdefault((h, device), r["trial_id"])
-        for v in runs:
-            self.scores.add(h, device, {"status": "ok", "val_bpb": v}, r["trial_id"])
+        selected = r.get("selection_runs") if r.get("verdict") == "promote" else None
+        for i, v in enumerate(runs):        # a promotion is scored by its confirmation runs only
+            self.scores.add(h, device, {"status": "ok", "val_bpb": v, "budget_seconds": r.get("budget_seconds")},
+                            r["trial_id"], scores_it=not selected or i >= selected)
         if r.get("proposer") == REFERENCE:
             return
         if r.get("proposer") == BASELINE:
             if runs:
                 self.baseline.setdefault(device, []).extend(runs)
-                self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
             if r.get("startup_seconds"):
                 self.scores.startups.setdefault(device, []).append(float(r["startup_seconds"]))
         else:
             self.candidates_finished += 1
             st = self.states.get(r["member"])
             if st is not None:
-                selection.apply_result(self.states, r["member"], r.get("val_bpb"),
+                score = r.get("head_score") if r.get("head_score") is not None else r.get("val_bpb")
+                selection.apply_result(self.states, r["member"], score,
                                        r.get("verdict") == "promote", self.candidates_finished)
 
     def _job_from_pending(self, p) -> Job:
         return Job(trial_id=p.trial_id, member=p.member, parent_commit=p.parent, commit=p.sha,
-                   source=self.archive.source(p.sha), proposer=p.proposer, message=p.message,
-                   seed_base=self.cfg.seed * 1000 + _id_number(p.trial_id))
+                   source=self.archive.source(p.sha), proposer=p.proposer, message=p.message)
 
     def refresh_head_scores(self) -> None:
         """Each member's head score: the mean of its head's runs (any device kind) known so far."""
@@ -236,7 +240,6 @@ class Driver:
                                        proposal.message, tid, proposal.proposer)
         job = Job(trial_id=tid, member=proposal.member, parent_commit=proposal.parent_commit, commit=sha,
                   source=proposal.source, proposer=proposal.proposer, message=proposal.message,
-                  seed_base=self.cfg.seed * 1000 + self.next_id,
                   cost={k: v for k, v in proposal.extra.items() if k in COST_COLUMNS})
         self.ready.append(job)
         return job
@@ -360,10 +363,21 @@ class Driver:
         return HistoryInputs(
             member=member, head_score=self.states[member].head_score,
             head_runs={d: v for (h, d), v in self.scores.by_source.items() if h == head_hash},
-            noise=dict(self.baseline), margins=dict(self.margins), rule=rule_text(self.cfg.selection),
+            noise=dict(self.baseline), margins=self.margins_now(head_hash), rule=rule_text(self.cfg.selection),
             trials=trials, in_flight=flight,
             others=[{"member": name, "head_score": score,
                      "diff": unified_diff(head_src, self.archive.source(heads[name]))} for score, name in others])
+
+    def margins_now(self, head_hash: str) -> dict:
+        """{device kind: how far below the head one run must land for the selection test to clear it}, from
+        the pooled σ (widened for its dof) and the head's runs there; kinds without a σ yet are left out."""
+        rule = rule_of(self.cfg.selection)
+        margins = {}
+        for (device, budget), noise in self.scores.noise_table().items():
+            sigma, runs = inflated(noise), len(self.scores.runs(head_hash, device))
+            if sigma and runs:
+                margins[device] = judge_verdict.sprt_margin(1, runs, sigma, rule)
+        return margins
 
     def harvest_agents(self, ray) -> None:
         if not self.agent_refs:
@@ -410,8 +424,7 @@ class Driver:
             elif prop.trial_id:                # a ref: already pending in the archive
                 self.ready.append(Job(trial_id=prop.trial_id, member=prop.member,
                                       parent_commit=prop.parent_commit, commit=prop.extra["pending_commit"],
-                                      source=prop.source, proposer="inbox", message=prop.message,
-                                      seed_base=self.cfg.seed * 1000 + _id_number(prop.trial_id)))
+                                      source=prop.source, proposer="inbox", message=prop.message))
             else:
                 self.enqueue(Proposal(member=prop.member, parent_commit=prop.parent_commit, source=prop.source,
                                       proposer="inbox", message=prop.message))
@@ -454,7 +467,7 @@ class Driver:
     def try_reuse(self, job: Job, slot: dict) -> bool:
         """A byte-identical candidate already judged is not trained again: the earlier result on this slot's
         device kind is reused, else the one on any other kind."""
-        if job.proposer == BASELINE or job.runs:
+        if job.proposer in (BASELINE, REFERENCE) or job.runs:       # a head re-run is meant to train again
             return False
         judged = sorted(d for h, d in self.scores.trial_of if h == job.hash)
         if not judged:
@@ -467,8 +480,7 @@ class Driver:
                   "val_bpb": sum(values) / len(values) if values else None,
                   "reason": f"byte-identical to {earlier}: result reused, not trained again"}
         job.runs.append(result)
-        verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)",
-                   "margin": self.margins.get(device, 0.0), "runs": 0}
+        verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)", "runs": 0}
         its_slot = next((s for s in self.slots if s["device_name"] == device), slot)
         self.finish_job(job, result, verdict, its_slot, reused_from=earlier)
         return True
@@ -502,6 +514,8 @@ class Driver:
             return
         self.shelved.append(job)
         self.say(f"  {job.trial_id} lost to infrastructure {job.attempt} times ({reason}); kept pending for resume")
+        if job.proposer == REFERENCE:
+            self.resume_parked(job, job.device_kind)
 
     def on_result(self, job: Job, result: dict, slot: dict) -> None:
         job.runs.append(result)
@@ -518,56 +532,69 @@ class Driver:
         """The verdict on a candidate's latest run, against its member head on the same device kind."""
         if job.member not in self.archive.heads():
             self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
-                                          "margin": 0.0, "runs": len(job.runs)}, slot)
+                                          "runs": len(job.runs)}, slot)
             return
         if self.baseline_pending():
             self.before_baseline.append((job, result, slot))
             return
-        margin = self.margins.get(device, self.cfg.selection.margin)
         head = self.archive.heads()[job.member]
         head_hash = source_hash(self.archive.source(head))
         key = (head_hash, device)
-        if result.get("status") == "ok" and needs_reference(self.scores, head_hash, device) \
-                and key not in self.references:
-            self.ask_reference(job, head, key, slot)
+        confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= self.cfg.selection.confirm_runs
+        wanted = head_runs_wanted(self.cfg.selection, confirming)
+        short = reference_runs_needed(self.scores, head_hash, device, wanted)
+        if result.get("status") == "ok" and short and (key in self.referencing or wanted > self.references.get(key, 0)):
+            self.ask_reference(job, head, key, slot, short, wanted)
             return
-        verdict = judge_job(job, self.scores, head_hash, margin, self.cfg.selection.max_runs,
+        verdict = judge_job(job, self.scores, head_hash, rule_of(self.cfg.selection),
                             self.archive.source(job.parent_commit))
-        if verdict["kind"] == "rerun":
+        if verdict["kind"] in ("rerun", "confirm"):        # another run with the next seed of this trial
+            if verdict["kind"] == "confirm" and not job.cleared_at:
+                job.cleared_at = len(job.runs)
             self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
             self.ready.appendleft(job)
             return
         self.finish_job(job, result, verdict, slot)
 
-    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict) -> None:
-        """Park the candidate and run its member head on the candidate's device kind first."""
-        self.references.add(key)
+    def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int, wanted: int) -> None:
+        """Park the candidate; unless some are on their way, run its member head on the candidate's device
+        kind first (`runs` times, to `wanted` runs there)."""
         self.parked.setdefault(key, []).append((job, job.runs[-1], slot))
+        if key in self.referencing:
+            return
+        self.references[key] = wanted
+        self.referencing.add(key)
         ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
-                                    proposer=REFERENCE, message=f"re-run of {job.member}'s head on {key[1]} "
-                                                                f"for a same-device comparison"))
-        ref.device_kind = key[1]
+                                    proposer=REFERENCE, message=f"{runs} run(s) of {job.member}'s head on "
+                                                                f"{key[1]} for a same-device comparison"))
+        ref.device_kind, ref.want_runs = key[1], runs
         self.ready.remove(ref)
         self.ready.appendleft(ref)
-        self.say(f"  {job.trial_id} waits for {ref.trial_id}: {job.member}'s head has no score on {key[1]}")
+        self.say(f"  {job.trial_id} waits for {ref.trial_id}: {runs} more run(s) of {job.member}'s head on {key[1]}")
 
     def on_reference(self, job: Job, result: dict, slot: dict, device: str) -> None:
-        verdict = {"kind": "reference", "decided_by": f"head re-run on {device} for a same-device comparison",
-                   "runs": 1, "margin": self.margins.get(device, 0.0)}
+        if result.get("status") == "ok" and len(job.runs) < job.want_runs:
+            self.ready.appendleft(job)                  # the head's next run, with the next seed
+            return
+        verdict = {"kind": "reference", "decided_by": f"{len(job.runs)} head run(s) on {device} for a "
+                                                      f"same-device comparison", "runs": len(job.runs)}
         self.finish_job(job, result, verdict, slot)
+        self.resume_parked(job, device)
+
+    def resume_parked(self, ref: Job, device: str) -> None:
+        """A head's reference runs are done (or lost): decide the candidates parked on that device kind."""
+        self.referencing.discard((ref.hash, ref.device_kind or device))
         for key in [k for k in self.parked if k[1] == device]:
             for parked, last, its_slot in self.parked.pop(key):
                 self.decide(parked, last, its_slot, device)
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
         ok = result.get("status") == "ok"
-        verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1,
-                   "margin": self.margins.get(device, 0.0)}
+        verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1}
         self.finish_job(job, result, verdict, slot)
         if ok:
             self.baseline.setdefault(device, []).append(result["val_bpb"])
             self.scores.startups.setdefault(device, []).append(result.get("startup_seconds", 0.0))
-            self.margins[device] = margin_for(self.cfg.selection, self.baseline[device])
             self.refresh_head_scores()
         if not self.baseline_pending():
             waiting, self.before_baseline = self.before_baseline, []
@@ -580,12 +607,13 @@ class Driver:
         head = self.archive.heads().get(job.member)
         row = self.archive.finish(job.trial_id, row, promote, expect_head=head if promote else None)
         device = result.get("device") or slot.get("device_name", "")
-        for r in job.runs if not reused_from else []:
-            self.scores.add(job.hash, r.get("device") or device, r, job.trial_id)
+        if not reused_from:
+            record_runs(self.scores, job, device, promote)
         self.finished += 1
         if job.proposer not in (BASELINE, REFERENCE):
             self.candidates_finished += 1
-            selection.apply_result(self.states, job.member, row["val_bpb"], promote, self.candidates_finished)
+            score = verdict["head_score"] if promote and verdict.get("head_score") is not None else row["val_bpb"]
+            selection.apply_result(self.states, job.member, score, promote, self.candidates_finished)
         self.board.finished(row)
         self.maybe_cull()
 
@@ -621,7 +649,7 @@ class Driver:
                 result = {"status": "stopped", "reason": f"member {retire} was retired before this candidate ran"}
                 job.runs.append(result)
                 self.finish_job(job, result, {"kind": "discard", "decided_by": "member retired",
-                                              "margin": 0.0, "runs": 0}, {})
+                                              "runs": 0}, {})
 
     # ---- the loop -----------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -670,15 +698,12 @@ def checked_operator_settings() -> dict:
 
 def rule_text(sel) -> str:
     """The verdict rule in words, for history.md (the numbers come from the driver's margins)."""
-    margin = f"a fixed {sel.margin:g}" if sel.margin > 0 else f"{sel.margin_std:g} x the seed runs' std"
-    return (f"A candidate is promoted when its mean val_bpb is below the head's (same device kind) minus the "
-            f"margin ({margin}). Better but inside the margin: re-run with a new seed, up to {sel.max_runs} runs, "
-            f"and promoted only if the mean still clears it. Seed-only changes are never promoted.")
-
-
-def _id_number(trial_id: str) -> int:
-    digits = "".join(ch for ch in trial_id.split(".")[0] if ch.isdigit())
-    return int(digits) if digits else -1
+    return (f"Sequential test after each run: a Wald SPRT of 'no effect' against 'a win of {sel.effect_sigmas:g} "
+            f"sigma' (alpha {sel.alpha:g}, beta {sel.beta:g}), comparing your mean with the head's mean on the same "
+            f"device kind, sigma pooled over every repeated run; at most {sel.max_runs} selection runs. A candidate "
+            f"that clears it gets {sel.confirm_runs} fresh runs and is promoted only if all its runs give "
+            f"z <= -{sel.confirm_bar:g}; those fresh runs alone score the new head. Seed-only changes are never "
+            f"promoted. The margin below is how far under the head ONE run must land to clear the test.")
 
 
 def static_problem(source: str, proposer: str) -> str:

@@ -65,13 +65,22 @@ SCHEMA = pa.schema([
     ("infra_failures", pa.int64()),
     ("run_scores", pa.string()),
     ("slot", pa.string()),              # the trial actor (GPU or CPU slot) that ran the deciding run
-    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end        # JSON list: val_bpb of each run the verdict rests on
     ("log_tail", pa.string()),          # crash / timeout: the end of the trial's log (capped)
     ("agent_seconds", pa.float64()),    # agent and endpoint proposals: seconds the proposer took
     ("agent_log", pa.string()),         # agent proposals: the end of the agent's stdout and stderr (capped)
     ("llm_prompt_tokens", pa.int64()),  # endpoint proposals: the response's usage
     ("llm_completion_tokens", pa.int64()),
     ("llm_cost", pa.float64()),         # endpoint proposals: usage x proposers.endpoint.prices (dollars)
+    ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end
+    # the verdict's evidence (issue 9); older archives read these as nulls
+    ("head_runs", pa.int64()),          # runs of the head the candidate was compared with
+    ("sigma", pa.float64()),            # σ of one run, pooled over this device kind and budget
+    ("sigma_dof", pa.int64()),          # its degrees of freedom
+    ("evidence", pa.float64()),         # selection: log LR (high: a win); confirmation: z over all runs (low: a win)
+    ("bar", pa.float64()),              # what it was read against: the SPRT's upper threshold, or -confirm_bar
+    ("rule", pa.string()),              # the rule and its knobs
+    ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
+    ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs
 ])
 COLUMNS = tuple(SCHEMA.names)
 

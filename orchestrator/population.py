@@ -1,4 +1,4 @@
-"""The driver's picture of a population: jobs, scores per device kind, margins and verdict records.
+"""The driver's picture of a population: jobs and their seeds, scores and noise per device kind, verdicts.
 
 Plain data and pure functions, rebuilt from the archive's trial records; the Ray driver only moves data."""
 from __future__ import annotations
@@ -9,12 +9,41 @@ import time
 from dataclasses import dataclass, field
 
 from judge import verdict as judge_verdict
+from judge.noise import Noise, noise_by_key, pooled
 from orchestrator.archive import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
-REFERENCE = "reference"      # proposer name of a head re-run on another device kind
+REFERENCE = "reference"      # proposer name of head runs on a device kind (too few there to compare with)
 LOG_TAIL_CHARS = 2000        # of a crashed or timed-out trial's log kept in its ledger row
 TAIL_STATUSES = ("crash", "timeout")
+RUNS_PER_TRIAL = 1000        # seeds of trial k are k*1000 .. k*1000+999: no two runs ever share one
+
+
+def trial_number(trial_id: str) -> int:
+    """The number in a trial id ('t00012' -> 12, 't00012.r1' -> 12); -1 when it has none."""
+    digits = "".join(ch for ch in trial_id.split(".")[0] if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def run_seed(trial_id: str, run_index: int) -> int:
+    """The seed of run `run_index` of a trial: a pure function of the two, the same after a resume."""
+    if not 0 <= run_index < RUNS_PER_TRIAL:
+        raise ValueError(f"run_seed: run index {run_index} of {trial_id} is outside 0..{RUNS_PER_TRIAL - 1}")
+    return max(trial_number(trial_id), 0) * RUNS_PER_TRIAL + run_index
+
+
+def rule_of(cfg_selection) -> judge_verdict.Rule:
+    """The verdict rule the selection config asks for."""
+    s = cfg_selection
+    return judge_verdict.Rule(effect_sigmas=s.effect_sigmas, alpha=s.alpha, beta=s.beta, max_runs=s.max_runs,
+                              confirm_runs=s.confirm_runs, confirm_bar=s.confirm_bar)
+
+
+def head_runs_wanted(cfg_selection, confirming: bool) -> int:
+    """Runs the head needs on a device kind before a candidate is judged against it: selection.head_runs,
+    and selection.confirm_head_runs once the candidate is confirming (a head's runs accumulate)."""
+    s = cfg_selection
+    return max(s.head_runs, s.confirm_head_runs) if confirming else s.head_runs
 
 
 @dataclass
@@ -32,7 +61,8 @@ class Job:
     device_kind: str = ""                # run only on actors of this device kind ('' = any)
     attempt: int = 0                     # dispatches lost to infrastructure failures
     infra_failures: int = 0
-    seed_base: int = 0
+    cleared_at: int = 0                  # selection runs when it cleared the bar (0: not yet); later runs confirm
+    want_runs: int = 1                   # a reference job: runs of the head it is to add
     cost: dict = field(default_factory=dict)     # what proposing it cost (agent_seconds, agent_log, llm_* columns)
 
     @property
@@ -43,24 +73,32 @@ class Job:
         return self.trial_id if not self.runs else f"{self.trial_id}.r{len(self.runs)}"
 
     def next_seed(self) -> int:
-        return self.seed_base + len(self.runs)
+        return run_seed(self.trial_id, len(self.runs))
 
 
 @dataclass
 class Scores:
-    """val_bpb of each source (by hash) on each device kind, from ok runs."""
-    by_source: dict = field(default_factory=dict)    # (hash, device) -> [val_bpb]
+    """val_bpb of each source (by hash) on each device kind, from ok runs: the runs that score it (a promoted
+    candidate's confirmation runs, not the ones that selected it) and all its runs (for the noise)."""
+    by_source: dict = field(default_factory=dict)    # (hash, device) -> [val_bpb that score the source]
+    repeats: dict = field(default_factory=dict)      # (hash, device, budget s) -> [every ok val_bpb]
     curves: dict = field(default_factory=dict)       # (hash, device) -> loss curve of one run
     trial_of: dict = field(default_factory=dict)     # (hash, device) -> first trial id judged
     startups: dict = field(default_factory=dict)     # device -> [start-up seconds of seed runs]
 
-    def add(self, src_hash: str, device: str, result: dict, trial_id: str) -> None:
+    def add(self, src_hash: str, device: str, result: dict, trial_id: str, scores_it: bool = True) -> None:
         key = (src_hash, device)
         self.trial_of.setdefault(key, trial_id)
         if result.get("status") == "ok" and result.get("val_bpb") is not None:
-            self.by_source.setdefault(key, []).append(float(result["val_bpb"]))
+            value = float(result["val_bpb"])
+            self.repeats.setdefault((src_hash, device, budget_key(result)), []).append(value)
+            if scores_it:
+                self.by_source.setdefault(key, []).append(value)
             if result.get("loss_curve"):
                 self.curves.setdefault(key, result["loss_curve"])
+
+    def runs(self, src_hash: str, device: str) -> list[float]:
+        return list(self.by_source.get((src_hash, device), []))
 
     def mean(self, src_hash: str, device: str) -> float | None:
         values = self.by_source.get((src_hash, device))
@@ -71,6 +109,33 @@ class Scores:
             if h == src_hash and values:
                 return float(statistics.fmean(values)), dev
         return None, ""
+
+    def noise(self, device: str, budget: float | None, extra=()) -> Noise:
+        """σ pooled over every source run more than once on this device kind at this budget (plus `extra`,
+        the runs of a candidate not recorded yet)."""
+        key = round(float(budget or 0.0), 1)
+        groups = [v for (_, dev, b), v in self.repeats.items() if dev == device and b == key]
+        return pooled(groups + [list(extra)])
+
+    def noise_table(self) -> dict:
+        """{(device kind, budget seconds): Noise} over everything recorded."""
+        groups: dict = {}
+        for (_, dev, b), values in self.repeats.items():
+            groups.setdefault((dev, b), []).append(values)
+        return noise_by_key(groups)
+
+
+def budget_key(result: dict) -> float:
+    """The budget a run was given, rounded to 0.1 s: runs at one budget share one noise estimate."""
+    return round(float(result.get("budget_seconds") or 0.0), 1)
+
+
+def record_runs(scores: Scores, job: Job, device: str, promoted: bool) -> None:
+    """A finished job's runs into the scores: all count for the noise; a promotion is scored by its
+    confirmation runs only (runs that did not select it), anything else by all its runs."""
+    for i, r in enumerate(job.runs):
+        scores_it = not promoted or i >= job.cleared_at
+        scores.add(job.hash, r.get("device") or device, r, job.trial_id, scores_it=scores_it)
 
 
 def run_scores(record: dict) -> list[float]:
@@ -83,46 +148,49 @@ def run_scores(record: dict) -> list[float]:
     return [] if value is None or value != value else [float(value)]     # value != value: NaN from pandas
 
 
-def margin_for(cfg_selection, baseline_scores: list[float]) -> float:
-    """Promotion margin from the seed's spread on one device kind (or the fixed value)."""
-    if cfg_selection.margin > 0:
-        return cfg_selection.margin
-    if len(baseline_scores) < 2:
-        return 0.0
-    return judge_verdict.margin_for(statistics.stdev(baseline_scores), cfg_selection.margin_std, 0.0)
+def reference_runs_needed(scores: Scores, head_hash: str, device: str, head_runs: int) -> int:
+    """Runs of the head to add on this device kind before a candidate is compared with it: up to
+    `head_runs` there (see head_runs_wanted); 0 for a head never judged anywhere."""
+    if scores.any_device_mean(head_hash)[0] is None:
+        return 0
+    return max(0, head_runs - len(scores.runs(head_hash, device)))
 
 
-def needs_reference(scores: Scores, head_hash: str, device: str) -> bool:
-    """The head was judged, but never on this device kind: re-run it there before comparing."""
-    return scores.mean(head_hash, device) is None and scores.any_device_mean(head_hash)[0] is not None
-
-
-def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[float | None, str]:
-    """The head's score to compare with: same device kind when known, else another kind (noted)."""
-    same = scores.mean(head_hash, device)
-    if same is not None:
+def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[list[float], str]:
+    """The head's runs to compare with: same device kind when known, else another kind (noted)."""
+    same = scores.runs(head_hash, device)
+    if same:
         return same, f"same device ({device})"
     other, dev = scores.any_device_mean(head_hash)
     if other is not None:
-        return other, f"cross-device ({dev}; no score on {device})"
-    return None, "no head score"
+        return scores.runs(head_hash, dev), f"cross-device ({dev}; no score on {device})"
+    return [], "no head score"
 
 
-def judge_job(job: Job, scores: Scores, head_hash: str, margin: float, max_runs: int, parent_source: str) -> dict:
-    """Verdict for a job whose latest run finished: promote, discard, rerun, or the failure status."""
+def judge_job(job: Job, scores: Scores, head_hash: str, rule: judge_verdict.Rule, parent_source: str) -> dict:
+    """Verdict for a job whose latest run finished: rerun, confirm, promote, discard, or the failure status;
+    with the evidence it rests on (the ledger's verdict columns)."""
     last = job.runs[-1]
     if last.get("status") != "ok":
         return {"kind": "discard", "decided_by": f"status {last.get('status')}: {last.get('reason', '')}"[:300],
-                "margin": margin, "runs": len(job.runs)}
+                "runs": len(job.runs), "rule": rule.describe()}
     device = last.get("device", "")
     head, how = head_reference(scores, head_hash, device)
     values = [r["val_bpb"] for r in job.runs if r.get("status") == "ok"]
-    if head is None:
-        return {"kind": "discard", "decided_by": "no score for the head to compare with",
-                "margin": margin, "runs": len(values)}
+    noise = scores.noise(device, budget_key(last), values)
     seed_only = job.proposer != BASELINE and judge_verdict.is_seed_only_change(parent_source, job.source)
-    v = judge_verdict.decide(values, head, margin, max_runs, seed_only)
-    return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "margin": v.margin, "runs": v.runs}
+    v = judge_verdict.decide(values, head, noise, rule, seed_only, job.cleared_at)
+    return verdict_record(v, noise, rule, head, how, values, job.cleared_at)
+
+
+def verdict_record(v: judge_verdict.Verdict, noise: Noise, rule: judge_verdict.Rule, head: list[float],
+                   how: str, values: list[float], cleared_at: int) -> dict:
+    """The verdict as the ledger's columns: margin (the gap in val_bpb the bar asked for), σ and dof, the
+    evidence (log LR in selection, z at confirmation) and its bar."""
+    return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "runs": v.runs, "margin": v.margin,
+            "head_runs": len(head), "sigma": noise.sigma, "sigma_dof": noise.dof, "evidence": v.evidence,
+            "bar": v.bar, "rule": rule.describe(), "head_score": v.head_score,
+            "selection_runs": cleared_at or len(values)}
 
 
 def run_timelines(job: Job) -> list[dict]:
@@ -149,7 +217,10 @@ def ledger_row(job: Job, result: dict, verdict: dict, slot: dict, reused_from: s
         "peak_vram_mb": result.get("peak_vram_mb"), "tokens": result.get("tokens"),
         "steps": result.get("steps"), "params": result.get("params"), "mfu": result.get("mfu"),
         "seed": result.get("seed"), "margin": verdict.get("margin"), "runs": verdict.get("runs"),
-        "decided_by": verdict.get("decided_by"), "started_at": timeline.get("launch") or now,
+        "decided_by": verdict.get("decided_by"), "head_runs": verdict.get("head_runs"),
+        "sigma": verdict.get("sigma"), "sigma_dof": verdict.get("sigma_dof"), "evidence": verdict.get("evidence"),
+        "bar": verdict.get("bar"), "rule": verdict.get("rule"), "selection_runs": verdict.get("selection_runs"),
+        "head_score": verdict.get("head_score"), "started_at": timeline.get("launch") or now,
         "finished_at": timeline.get("judge_end") or timeline.get("finish") or now,
         "reason": result.get("reason", ""), "message": job.message, "reused_from": reused_from,
         "attempt": job.attempt, "infra_failures": job.infra_failures,

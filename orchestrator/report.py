@@ -414,6 +414,29 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     return table.astype(object).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
 
 
+VERDICT_COLUMNS = ("trial_id", "member", "verdict", "val_bpb", "runs", "selection_runs", "head_runs",
+                   "evidence", "bar", "sigma", "sigma_dof", "head_score")
+
+
+def noise_band(snap: Snapshot) -> str:
+    """σ of one run as the newest verdict on each device kind measured it (pooled, with its dof)."""
+    trials = snap.trials
+    if "sigma" not in trials or not trials["sigma"].notna().any():
+        return "not recorded (an archive from before the sequential rule, or no verdict yet)"
+    newest = trials[trials["sigma"].notna()].sort_values("finished_at").groupby("device").tail(1)
+    return "; ".join(f"{r.device}: ±{r.sigma:.4f} (dof {int(r.sigma_dof)}, {r.budget_seconds:.0f} s budget)"
+                     for r in newest.itertuples())
+
+
+def verdict_table(snap: Snapshot) -> str:
+    """The evidence of each candidate's verdict (columns older archives lack are left empty)."""
+    trials = snap.trials[~_seed_runs(snap.trials)]
+    shown = trials.reindex(columns=list(VERDICT_COLUMNS))
+    if shown.empty:
+        return "No candidate judged yet."
+    return _markdown_table(shown)
+
+
 def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
     trials = snap.trials
     lines = [f"# popsearch report: {snap.path.name}", "",
@@ -424,6 +447,7 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
              f"- promotions: {int(_kept(trials).sum())}",
              f"- seed baseline val_bpb: {_baseline_line(snap)}",
              f"- noise margin: {_margin_line(snap)}",
+             f"- noise band: {noise_band(snap)}",
              f"- best: {_best_line(snap)}",
              f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
              f"- pending (proposed, not judged): {len(snap.pending)}"]
@@ -433,6 +457,8 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
     for by in ("proposer", "member"):
         lines += [f"By {by}:", "", _markdown_table(_rounded(cost_table(trials, by))), ""]
     lines += ["", "## Leaderboard ([leaderboard.tsv](leaderboard.tsv))", "", _markdown_table(board), "",
+              "## Verdicts (evidence: the log LR against its bar in selection, z at confirmation; see `rule`)", "",
+              verdict_table(snap), "",
               "## Progress", "", "![val_bpb of every trial](progress.png)", "",
               "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]
     return "\n".join(lines)

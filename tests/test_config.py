@@ -164,3 +164,12 @@ def test_a_missing_local_corpus_is_a_config_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"data\.corpus.*no .parquet, .txt or .jsonl"):
         load(write(tmp_path, f"data: {{corpus: 'local:{tmp_path / 'empty'}'}}\n"))
+@pytest.mark.parametrize("text, key", [
+    ("selection:\n  alpha: 1.2\n", "selection.alpha"),
+    ("selection:\n  alpha: 0.6\n  beta: 0.5\n", "selection.beta"),
+    ("selection:\n  effect_sigmas: 0\n", "selection.effect_sigmas"),
+    ("selection:\n  confirm_head_runs: 0\n", "selection.confirm_head_runs"),
+])
+def test_verdict_rule_knobs_are_range_checked(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(write(tmp_path, text))

@@ -25,6 +25,9 @@ def driver(tmp_path):
     cfg.population.size = 2
     cfg.selection.noise_seeds = 2
     cfg.selection.max_runs = 2
+    cfg.selection.head_runs = 2           # the seed's 2 runs suffice: no reference runs on cpu-a
+    cfg.selection.confirm_runs = 1
+    cfg.selection.confirm_head_runs = 2   # nor before a confirmation
     cfg.selection.cull_every = 0
     d = Driver(cfg, out=io.StringIO())
     d.open_archive()
@@ -62,12 +65,12 @@ def seed(d: Driver):
     d.seed_baseline()
     feed(d, 2.00)
     feed(d, 2.02)
-    return d.margins["cpu-a"]
+    return d.scores.noise("cpu-a", None)
 
 
-def test_seed_runs_set_the_margin_and_the_heads(driver):
-    margin = seed(driver)
-    assert margin == pytest.approx(2 * pd.Series([2.00, 2.02]).std())
+def test_seed_runs_set_the_noise_and_the_heads(driver):
+    noise = seed(driver)
+    assert noise.sigma == pytest.approx(pd.Series([2.00, 2.02]).std()) and noise.dof == 1
     assert all(driver.states[m].head_score == pytest.approx(2.01) for m in ("m0", "m1"))
     assert set(rows(driver).verdict) == {"baseline"}
 
@@ -75,22 +78,35 @@ def test_seed_runs_set_the_margin_and_the_heads(driver):
 def test_clear_gain_is_promoted_and_moves_the_branch(driver):
     seed(driver)
     job = candidate(driver, MATRIX_LR=0.03)
-    feed(driver, 1.90)
+    feed(driver, 1.90)                        # clears the bar: one fresh run confirms it
+    assert driver.ready[0] is job and job.cleared_at == 1
+    feed(driver, 1.92)
     row = rows(driver).loc[job.trial_id]
-    assert row.verdict == "promote" and row.promoted
+    assert row.verdict == "promote" and row.promoted and row.selection_runs == 1
     assert driver.archive.heads()["m0"] == row.commit
-    assert "same device (cpu-a)" in row.decided_by
+    assert "same device (cpu-a)" in row.decided_by and row.sigma_dof >= 1 and row.evidence <= row.bar
+    assert row.head_score == pytest.approx(1.92)                 # the selecting run does not score the head
+    assert driver.states["m0"].head_score == pytest.approx(1.92)
 
 
-def test_gain_inside_the_margin_is_rerun_then_judged_on_the_mean(driver):
+def test_small_gain_is_rerun_with_the_trials_next_seed_then_judged_on_the_mean(driver):
     seed(driver)
     job = candidate(driver, MATRIX_LR=0.03)
-    feed(driver, 1.995)                       # better, but inside the margin: a second run with a new seed
-    assert driver.ready and driver.ready[0] is job and job.next_seed() != job.seed_base
-    feed(driver, 2.005)
+    first_seed = job.next_seed()
+    feed(driver, 1.98)                        # better, but short of the bar: a second run with a new seed
+    assert driver.ready and driver.ready[0] is job and job.next_seed() == first_seed + 1
+    feed(driver, 2.012)
     row = rows(driver).loc[job.trial_id]
     assert row.verdict == "discard" and row.runs == 2
-    assert json.loads(row.run_scores) == [1.995, 2.005]
+    assert json.loads(row.run_scores) == [1.98, 2.012]
+
+
+def test_run_seeds_are_a_pure_function_of_trial_and_run_and_never_collide():
+    from orchestrator.population import run_seed
+    seeds = {run_seed(f"t{k:05d}", i) for k in range(50) for i in range(20)}
+    assert len(seeds) == 1000 and run_seed("t00007", 2) == run_seed("t00007", 2) == 7002
+    with pytest.raises(ValueError):
+        run_seed("t00001", 1000)
 
 
 def test_seed_only_change_is_never_promoted(driver):
@@ -110,6 +126,8 @@ def test_other_device_kind_gets_a_reference_run_of_the_head_first(driver):
     assert driver.next_dispatch(per_actor=1)[1] == 1          # only an actor of kind cpu-b may take it
     driver.ready.appendleft(ref)
     feed(driver, 2.40, device="cpu-b", slot=1)
+    feed(driver, 2.41, device="cpu-b", slot=1)          # the head's second run there (head_runs 2)
+    feed(driver, 2.21, device="cpu-b", slot=1)          # the candidate's confirmation run
     table = rows(driver)
     assert table.loc[ref.trial_id].verdict == "reference"
     row = table.loc[job.trial_id]
@@ -133,7 +151,9 @@ def test_repeat_is_reused_from_another_device_kind(driver):
     seed(driver)
     first = candidate(driver, MATRIX_LR=0.03)
     feed(driver, 2.20, device="cpu-b", slot=1)
-    feed(driver, 2.40, device="cpu-b", slot=1)          # the head's reference run on cpu-b decides it
+    feed(driver, 2.40, device="cpu-b", slot=1)          # the head's reference runs on cpu-b decide it
+    feed(driver, 2.41, device="cpu-b", slot=1)
+    feed(driver, 2.21, device="cpu-b", slot=1)
     again = candidate(driver, MATRIX_LR=0.03)
     driver.dispatch()
     row = rows(driver).loc[again.trial_id]
@@ -177,15 +197,18 @@ def test_candidate_finishing_before_the_seed_runs_waits_for_their_score(driver):
     for ref, seed_job, value in (("r1", first, 2.00), ("r2", second, 2.02)):
         del driver.in_flight[ref]
         driver.on_result(seed_job, result(value), SLOTS[0])
+    feed(driver, 1.91)                                            # its confirmation run
     row = rows(driver).loc[job.trial_id]
     assert row.verdict == "promote" and row.slot == "a0"
 
 
 def test_cull_retires_a_stale_member_forks_a_top_one_and_stops_its_queued_work(driver):
     driver.cfg.selection.cull_every, driver.cfg.selection.patience = 4, 1
+    driver.cfg.selection.head_runs = 1                   # a promoted head is judged on its confirmation run
     seed(driver)
     candidate(driver, "m0", MATRIX_LR=0.03)
     feed(driver, 1.80)                                                           # m0 improves
+    feed(driver, 1.81)                                                           # and is confirmed
     for lr in (0.01, 0.015):
         candidate(driver, "m1", MATRIX_LR=lr)
         feed(driver, 2.40)                                                       # m1 stalls twice
@@ -219,3 +242,31 @@ def test_trial_spec_scopes_the_compile_cache_to_the_member(driver):
     assert spec.compile_scope == "m1"
     driver.cfg.resources.compile_cache = "node"
     assert budget.trial_spec(driver.cfg, job, SLOTS[0], "/data", 1, 60.0).compile_scope == ""
+
+
+def test_head_gets_more_runs_before_a_confirmation_is_decided(driver):
+    driver.cfg.selection.confirm_head_runs = 4
+    seed(driver)
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 1.90)                                  # clears the SPRT: one confirmation run follows
+    feed(driver, 1.92)                                  # the head has 2 runs here, 4 wanted before deciding
+    ref = driver.ready[0]
+    assert ref.proposer == REFERENCE and ref.want_runs == 2 and job.trial_id not in rows(driver).index
+    feed(driver, 2.01)
+    feed(driver, 2.00)
+    row = rows(driver).loc[job.trial_id]
+    assert row.verdict == "promote" and row.head_runs == 4 and row.head_score == pytest.approx(1.92)
+    assert rows(driver).loc[ref.trial_id].verdict == "reference"
+
+
+def test_a_head_rerun_on_the_same_device_trains_and_is_not_reused(driver):
+    driver.cfg.selection.head_runs = 3
+    seed(driver)
+    job = candidate(driver, MATRIX_LR=0.03)
+    feed(driver, 1.95)                                  # the head has 2 runs on cpu-a, 3 wanted
+    ref = driver.ready[0]
+    assert ref.proposer == REFERENCE and ref.device_kind == "cpu-a"
+    assert not driver.try_reuse(ref, SLOTS[0])          # byte-identical to the seed, yet it must train
+    feed(driver, 2.03)
+    assert rows(driver).loc[ref.trial_id].verdict == "reference"
+    assert driver.ready[0] is job and job.cleared_at == 1         # judged against the head's 3 runs: cleared

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One device call on one H200 (issue 9): the real baseline at a 60-s budget, fed through the inbox with two null
+# edits and the MATRIX_LR 0.02 -> 0.025 edit; prints each candidate's verdict, runs and evidence, and whether
+# each promoted head reproduces on its re-run. Ends within 540 s of wall time; ledger summary and archive to $OUT.
+set -u
+T0=$(date +%s); DEADLINE=$((T0 + ${WALL:-530}))
+export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+[ -d /tmp/site/ray ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING | tail -2
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH POPSEARCH_CACHE=/tmp/pcache
+nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$OUT/gpus.txt"
+python -m orchestrator.cli prepare --config bench/h200_verdicts.yaml | tail -1
+INBOX=/tmp/verdicts_inbox ARCHIVE=/tmp/runs/verdicts
+rm -rf "$INBOX" "$ARCHIVE"; mkdir -p "$INBOX"
+python - "$INBOX" <<'PY'
+import difflib, sys
+from pathlib import Path
+seed = Path("trainer/train.py").read_text()
+lr = "MATRIX_LR = 0.02 "
+assert lr in seed, "trainer/train.py has no 'MATRIX_LR = 0.02 ' line"
+edits = {  # sorted by name = the order the inbox takes them
+    "m0--1-matrix-lr.patch": seed.replace(lr, "MATRIX_LR = 0.025", 1),
+    "m0--2-null-constant.patch": seed.replace(lr, "UNUSED_BENCH_CONSTANT = 3  # read by nothing\n" + lr, 1),
+    "m0--3-null-comment.patch": seed.replace("\n", "\n# a comment: training is unchanged\n", 1),
+}
+for name, new in edits.items():
+    diff = difflib.unified_diff(seed.splitlines(True), new.splitlines(True), "a/train.py", "b/train.py")
+    Path(sys.argv[1], name).write_text("".join(diff))
+    print("inbox:", name)
+PY
+# The stop leaves room for the trials still in flight (one training, one starting: ~170 s) and the summary.
+W=$((DEADLINE - $(date +%s) - 190))
+sed "s/max_wall_seconds: .*/max_wall_seconds: $W/" bench/h200_verdicts.yaml > /tmp/verdicts.yaml
+echo "population wall: $W s"
+timeout $((DEADLINE - $(date +%s) - 15)) python -m orchestrator.cli run /tmp/verdicts.yaml --archive "$ARCHIVE" \
+  > "$OUT/verdicts.txt" 2>&1
+echo "run exit $? after $(( $(date +%s) - T0 )) s"
+grep -v "^ \|^  File\|^Traceback" "$OUT/verdicts.txt" | grep -i "inbox\|promot\|confirm\|waits\|re-run\|error" | cut -c1-250
+python bench/summarize.py "$ARCHIVE" > "$OUT/verdicts_summary.txt" 2>&1
+python - "$ARCHIVE" <<'PY' | tee "$OUT/verdicts_candidates.txt"
+import json, statistics, sys
+import pandas as pd
+df = pd.read_parquet(f"{sys.argv[1]}/ledger").sort_values("finished_at")
+seed = df[df.proposer == "baseline"]
+print(f"seed runs: {[round(v, 5) for v in seed.val_bpb]}")
+for _, r in df[df.proposer == "inbox"].iterrows():
+    runs = json.loads(r.run_scores or "[]")
+    print(f"{r.trial_id} {str(r.message)[:40]!r}: {r.verdict}, {r.runs} run(s) {[round(v, 5) for v in runs]}, "
+          f"selection runs {r.selection_runs}, head runs {r.head_runs}, σ {r.sigma}, evidence {r.evidence}, "
+          f"bar {r.bar}\n    {r.decided_by}")
+    if r.verdict != "promote":
+        continue
+    again = df[(df.proposer == "reference") & (df.parent_commit == r.commit)]
+    redo = [v for s in again.run_scores for v in json.loads(s or "[]")]
+    band = 2 * (r.sigma or 0) * (1 + 1 / max(1, r.runs - r.selection_runs)) ** 0.5
+    verdict = ("no re-run finished in time" if not redo else
+               f"re-run {[round(v, 5) for v in redo]} vs confirmed {r.head_score:.5f}: "
+               f"{'reproduces' if abs(statistics.fmean(redo) - r.head_score) <= band else 'does NOT reproduce'} "
+               f"(within 2σ·√(1+1/n) = {band:.5f})")
+    print(f"    promoted head re-run: {verdict}")
+decided = (df.proposer == "inbox").sum()
+print(f"{decided} of 3 inbox candidates decided before the wall (the rest stay pending in the archive)")
+PY
+tar czf "$OUT/archive.tgz" -C /tmp/runs verdicts
+echo "total wall $(( $(date +%s) - T0 )) s"

@@ -32,9 +32,14 @@ PY
 W=$((DEADLINE - $(date +%s) - 190))
 sed "s/max_wall_seconds: .*/max_wall_seconds: $W/" bench/h200_verdicts.yaml > /tmp/verdicts.yaml
 echo "population wall: $W s"
+# issue 15's single-GPU part: the card's memory while one trial trains, the next starts up and the last is judged
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/memory_mb.csv" 2>/dev/null &
+SAMPLER=$!
 timeout $((DEADLINE - $(date +%s) - 15)) python -m orchestrator.cli run /tmp/verdicts.yaml --archive "$ARCHIVE" \
   > "$OUT/verdicts.txt" 2>&1
 echo "run exit $? after $(( $(date +%s) - T0 )) s"
+kill $SAMPLER 2>/dev/null
+sort -n "$OUT/memory_mb.csv" | tail -1 | sed 's/^/peak memory used on the card (MiB, nvidia-smi, every 0.5 s): /'
 grep -v "^ \|^  File\|^Traceback" "$OUT/verdicts.txt" | grep -i "inbox\|promot\|confirm\|waits\|re-run\|error" | cut -c1-250
 python bench/summarize.py "$ARCHIVE" > "$OUT/verdicts_summary.txt" 2>&1
 python - "$ARCHIVE" <<'PY' | tee "$OUT/verdicts_candidates.txt"

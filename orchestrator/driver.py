@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator import budget as budget_rules
 from orchestrator import selection
-from orchestrator.archive import Archive, is_archive
+from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, judge_job, ledger_row, margin_for,
@@ -70,7 +70,7 @@ class Driver:
             self.archive = Archive.open(self.archive_dir)
             self.say(f"resuming population in {self.archive_dir}")
         else:
-            names = [f"m{i}" for i in range(self.cfg.population.size)]
+            names = member_names(self.cfg.population.size)
             self.archive = Archive.create(self.archive_dir, seed_source(self.cfg), names,
                                           "seed: the baseline train.py" + self._override_note())
             self.say(f"created population of {len(names)} in {self.archive_dir}")

@@ -118,7 +118,7 @@ def _git(path: Path, *args, binary: bool = False):
 
 def _is_checkout(path: Path) -> bool:
     top = _git(path, "rev-parse", "--show-toplevel")
-    return top is not None and Path(top.strip()).resolve() == path and _git(path, "rev-parse", "HEAD") is not None
+    return top is not None and Path(top.strip()).resolve() == path
 
 
 def _resolve(path: Path, short: str) -> str | None:

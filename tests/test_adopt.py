@@ -27,13 +27,13 @@ def run_cli(args, timeout=420):
     return subprocess.run(POPSEARCH + args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def config(tmp_path: Path, cache: Path, **stop) -> Path:
+def config(tmp_path: Path, cache: Path, max_trials: int) -> Path:
     cfg = {"population": {"size": 2},
            "budget": {"seconds": 2.0, "startup_floor": 60.0},
            "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
            "judge": {"seq_len": 64, "eval_tokens": 4096},
            "selection": {"noise_seeds": 1},
-           "stop": {"max_trials": 3, **stop},
+           "stop": {"max_trials": max_trials},
            "resources": {"device": "cpu", "cpu_slots": 1}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -78,7 +78,7 @@ def project(tmp_path) -> Path:
 
 def test_adopt_a_git_project_runs_it_as_the_seed(tmp_path, project, data_spec, cache_root):
     archive_dir = tmp_path / "archive"
-    proc = run_cli(["adopt", str(project), "--config", str(config(tmp_path, cache_root)),
+    proc = run_cli(["adopt", str(project), "--config", str(config(tmp_path, cache_root, max_trials=2)),
                     "--archive", str(archive_dir)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with Archive(archive_dir, writer=False) as archive:
@@ -119,6 +119,13 @@ def test_adopt_a_single_file_and_bad_input(tmp_path, data_spec, cache_root):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.py").write_text(UPSTREAM.read_text())
-    subprocess.run(["git", "-C", str(bad), "init", "-q"], check=True)
+    git(bad, "init", "-q")
+    proc = run_cli(["adopt", str(bad), "--config", str(cfg), "--archive", str(tmp_path / "a2")])
+    assert proc.returncode == 2 and "not committed at HEAD" in proc.stderr and not (tmp_path / "a2").exists()
+    commit(bad, UPSTREAM.read_text(), "baseline")
+    (bad / "results.tsv").write_text(HEADER + "abc1234\t1.0\t0.1\tkept\tbaseline\n")
+    proc = run_cli(["adopt", str(bad), "--config", str(cfg), "--archive", str(tmp_path / "a2")])
+    assert proc.returncode == 2 and "results.tsv:2: status 'kept'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "a2").exists()
     proc = run_cli(["adopt", str(tmp_path / "missing"), "--config", str(cfg), "--archive", str(tmp_path / "a2")])
     assert proc.returncode == 2 and "no such file or folder" in proc.stderr and not (tmp_path / "a2").exists()

@@ -1,7 +1,8 @@
 """The `prepare` module an adopted script imports inside a trial (the sandbox binds it as sys.modules['prepare']):
 popsearch's training batches, the trial's budget, the prepared tokenizer, and evaluate_bpb as the hand-off.
 
-The runner's clock starts at the script's second training batch (CLOCK_START_BATCH): see make_dataloader."""
+The clock starts at the script's second training batch (CLOCK_START_BATCH); the model is handed over at
+evaluate_bpb or at the last batch asked for before the budget is spent, whichever comes first (_batches)."""
 from __future__ import annotations
 
 import os
@@ -27,9 +28,14 @@ _state: dict = {}
 class AdoptedTrial(Trial):
     """A Trial whose model is the one handed to evaluate_bpb (it may differ from what start() counted)."""
 
-    def finish_with(self, model) -> dict:
-        self._model = plain_module(model)
-        return self.finish(backend="adopted")
+    finished = False
+
+    def finish_with(self, model) -> None:
+        """The finish event with `model`'s weights, once (later calls change nothing that is judged)."""
+        if not self.finished:
+            self.finished = True
+            self._model = plain_module(model)
+            self.finish(backend="adopted")
 
 
 def bind(data_dir: str, record_violation) -> None:
@@ -85,21 +91,35 @@ def make_dataloader(tokenizer, batch_size: int, seq_len: int, split: str = TRAIN
 
 
 def _batches(loader: TrainingBatches, trial: AdoptedTrial):
+    """The loader's batches; the budget is the runner's, not the script's own clock (which may leave out its
+    first steps): at the last batch asked for before the budget is spent (judged by the progress made between
+    the two batches before), the script's model is handed over (the finish event), so what it trains after
+    that, until its own clock stops it, is not judged."""
     tokens = loader.batch_size * loader.seq_len
     for inputs, targets in loader:
         _state["batches"] += 1
-        if _state["batches"] >= CLOCK_START_BATCH:
+        if _state["batches"] >= CLOCK_START_BATCH and not trial.finished:
             _start_clock(trial)
-            trial.step(tokens)
+            progress = trial.progress()
+            if progress + (progress - _state.get("progress", 0.0)) >= 1.0:   # the next batch would be past it
+                trial.finish_with(_script_model())
+            else:
+                _state["progress"] = progress
+                trial.step(tokens)
         yield inputs, targets, loader.epoch
+
+
+def _script_model():
+    """The first nn.Module bound at the script's top level (torch.compile unwrapped), or None."""
+    main = sys.modules.get("__main__")
+    models = module_models(vars(main)) if main is not None else []
+    return models[0] if models else None
 
 
 def _start_clock(trial: AdoptedTrial) -> None:
     if not _state["started"]:
         _state["started"] = True
-        main = sys.modules.get("__main__")
-        models = module_models(vars(main)) if main is not None else []
-        trial.start(models[0] if models else None)
+        trial.start(_script_model())
 
 
 def evaluate_bpb(model, *args, **kwargs) -> float:

@@ -324,7 +324,7 @@ class Driver:
         cfg = self.cfg.proposers
         parent = self.archive.heads()[member]
         history = format_history(self.history_inputs(member))
-        brief = full_brief(self.cfg)
+        brief = full_brief(self.cfg, self.archive.source(parent))
         if proposer == "endpoint":
             task = ray.remote(num_cpus=0, max_retries=0)(run_endpoint)
             ref = task.remote(asdict(cfg.endpoint), brief, history, self.archive.source(parent))

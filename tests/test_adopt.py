@@ -2,17 +2,16 @@
 file, become populations; candidates train unmodified under the sandbox and popsearch's judge scores them."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
+from orchestrator.adopt import create_archive, read_project
 from orchestrator.archive import Archive
 
 POPSEARCH = [sys.executable, "-m", "orchestrator.cli"]
@@ -105,17 +104,19 @@ def test_adopt_a_git_project_runs_it_as_the_seed(tmp_path, project, data_spec, c
     assert "Imported history" in (archive_dir / "report" / "summary.md").read_text()
 
 
-def test_adopt_a_single_file_and_bad_input(tmp_path, data_spec, cache_root):
-    single = tmp_path / "solo" / "train.py"
-    single.parent.mkdir()
-    single.write_text(faked(UPSTREAM.read_text()))
-    cfg = config(tmp_path, cache_root, max_trials=1)
-    proc = run_cli(["adopt", str(single), "--config", str(cfg), "--archive", str(tmp_path / "a1")])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_adopt_a_single_file_keeps_it_byte_for_byte(tmp_path):
+    single = tmp_path / "solo.py"
+    single.write_bytes(faked(UPSTREAM.read_text()).replace("\n", "\r\n", 3).encode())   # CRLF lines stay CRLF
+    project = read_project(single)
+    assert (project.commits, project.runs) == ([], [])
+    create_archive(project, tmp_path / "a1", ["m0", "m1"])
     with Archive(tmp_path / "a1", writer=False) as archive:
-        (record,) = archive.trial_records()
-        assert archive.source(archive.heads()["m0"]).encode() == single.read_bytes()
-    assert record["status"] == "ok" and abs(record["val_bpb"] - FAKE_BPB) > 0.1, record
+        assert {archive.source(sha).encode() for sha in archive.heads().values()} == {single.read_bytes()}
+        assert [e["kind"] for e in archive.imported()] == ["ancestor"]        # the seed, from the file
+
+
+def test_bad_projects_are_one_line_and_exit_2(tmp_path, cache_root):
+    cfg = config(tmp_path, cache_root, max_trials=1)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.py").write_text(UPSTREAM.read_text())

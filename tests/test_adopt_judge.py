@@ -75,3 +75,21 @@ def test_weights_of_another_model_are_a_crash(data_dir, tmp_path):
     torch.save({"weight": torch.randn(VOCAB, VOCAB)}, tmp_path / "w.pt")
     result = evaluate(ADOPT / "upstream_train.py", tmp_path / "w.pt", data_dir, CFG)
     assert result["status"] == "crash" and "no module-level" in result["reason"], result
+
+
+def test_mutator_and_brief_work_on_adopted_scripts():
+    import random
+
+    from orchestrator.config import load
+    from orchestrator.proposers import mutate
+    from orchestrator.proposers.base import validate_source
+    from orchestrator.proposers.brief import full_brief
+    from trainer.constants import read_constants
+
+    source = (ADOPT / "upstream_train.py").read_text()
+    assert validate_source(source) == (True, "")
+    new, message = mutate.propose(source, random.Random(0))
+    changed = {k for k, v in read_constants(new).items() if read_constants(source)[k] != v}
+    assert changed and message.startswith("mutate: ") and protocol(new) == ADOPTED
+    assert "adopted single-GPU script" in full_brief(load(None), source)
+    assert "native protocol" in full_brief(load(None), (NATIVE_CANDIDATES / "causal_ok.py").read_text())

@@ -41,14 +41,14 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.lm_head = nn.Linear(dim, vocab, bias=False)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, reduction="mean"):
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(F.rms_norm(x, (x.shape[-1],))).float()
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), reduction=reduction)
 
 
 torch.manual_seed(42)

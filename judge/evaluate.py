@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from judge import guard
+from judge.adopted import ADOPTED, PREPARE, ModelReady, judge_prepare, matching_model, module_models, protocol
 from judge.causality import probe
 from judge.handoff import plain_key
 from judge.integrity import CANARY_RTOL, Snapshot, canary
 from judge.run_judge import empty_result
 from judge.spec import ENV_TRAIN_DIR, JudgeConfig
-from judge.tokencache import META_FILE, open_split
+from judge.tokencache import META_FILE, open_split, read_meta
 
 CANDIDATE_PREFIX = "popsearch_candidate_"
 TOKEN_BYTES_FILE = "token_bytes.npy"
@@ -165,17 +166,49 @@ def _cut(text: str) -> str:
     return text if len(text) <= REASON_CHARS else text[:REASON_CHARS] + "..."
 
 
-def import_candidate(train_py: Path, code) -> types.ModuleType:
-    """Execute the compiled candidate under a unique module name (never as __main__: training does not run)."""
+def candidate_module(train_py: Path) -> types.ModuleType:
+    """A fresh module under a unique name (never __main__: a native candidate's training does not run)."""
     name = f"{CANDIDATE_PREFIX}{uuid.uuid4().hex[:12]}"
     module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, train_py))
     sys.modules[name] = module
+    return module
+
+
+def import_candidate(train_py: Path, code) -> types.ModuleType:
+    """Execute the compiled candidate under a unique module name."""
+    module = candidate_module(train_py)
     exec(code, module.__dict__)
     return module
 
 
+def run_until_data(train_py: Path, code, seq_len: int, meta: dict, denials) -> types.ModuleType:
+    """An adopted script's top-level code, with the judge's `prepare`, up to its first make_dataloader call."""
+    module, asked = candidate_module(train_py), []
+    previous = sys.modules.get(PREPARE)
+    sys.modules[PREPARE] = judge_prepare(seq_len, meta["vocab_size"], meta["bos_id"], asked)
+    try:
+        with blame("top-level code", train_py, denials):
+            try:
+                exec(code, module.__dict__)
+            except ModelReady:
+                return module
+            except BaseException:
+                if asked:
+                    raise Outcome("invalid", "caught the judge's stop at make_dataloader and ran on") from None
+                raise
+    finally:
+        if previous is None:
+            sys.modules.pop(PREPARE, None)
+        else:
+            sys.modules[PREPARE] = previous
+    if asked:
+        raise Outcome("invalid", "caught the judge's stop at make_dataloader and ran on")
+    raise Outcome("crash", f"{train_py}: the script ran to its end without asking make_dataloader for training "
+                           f"data, so the judge found no built model")
+
+
 def build(module, state: dict, device: str, train_py: Path, denials) -> torch.nn.Module:
-    """build_model(), strict load of the handed-off weights, eval mode, on device."""
+    """build_model(), then load_model()."""
     make = vars(module).get("build_model")
     if not callable(make):
         raise Outcome("crash", f"{train_py}: defines no build_model() function")
@@ -183,10 +216,25 @@ def build(module, state: dict, device: str, train_py: Path, denials) -> torch.nn
         model = make()
     if not isinstance(model, torch.nn.Module):
         raise Outcome("crash", f"{train_py}: build_model() returned {type(model).__name__}, not a torch.nn.Module")
+    return load_model(model, state, device, train_py, denials, "build_model()")
+
+
+def adopted_model(module, state: dict, device: str, train_py: Path, denials) -> torch.nn.Module:
+    """The module-level model of an adopted script whose parameters are the handed-over ones, then load_model()."""
+    model = matching_model(vars(module), state.keys())
+    if model is None:
+        names = [type(m).__name__ for m in module_models(vars(module))] or ["none"]
+        raise Outcome("crash", f"{train_py}: no module-level torch.nn.Module built before the first make_dataloader "
+                               f"call has the handed-over weights' keys (modules found: {', '.join(names)})")
+    return load_model(model, state, device, train_py, denials, "the script's model")
+
+
+def load_model(model, state: dict, device: str, train_py: Path, denials, what: str) -> torch.nn.Module:
+    """Strict load of the handed-off weights, eval mode, on device."""
     try:
         torch.nn.Module.load_state_dict(model, state, strict=True)
     except Exception as exc:
-        raise Outcome("crash", f"weights do not match build_model(): {_cut(str(exc))}") from exc
+        raise Outcome("crash", f"weights do not match {what}: {_cut(str(exc))}") from exc
     with blame("moving the model to " + device, train_py, denials):
         model.to(device)
         model.eval()
@@ -305,19 +353,27 @@ def _evaluate(train_py: Path, weights, data_dir, cfg, device, sandbox, allow_wri
     view = train_view(data_dir, work)
     state = load_weights(weights)  # (b)
     try:
-        code = compile(train_py.read_bytes(), str(train_py), "exec", dont_inherit=True)
+        source = train_py.read_bytes()
+        code = compile(source, str(train_py), "exec", dont_inherit=True)
     except (OSError, SyntaxError, ValueError) as exc:
         raise Outcome("crash", f"{train_py}: cannot compile ({type(exc).__name__}: {_cut(str(exc))})") from exc
+    adopted = protocol(source.decode("utf-8", "replace")) == ADOPTED
+    meta = read_meta(view)
     guard_module = guard if sandbox else None
     reference = canary(vocab, cfg.seq_len, device, batch_nats)
     snapshot = Snapshot()  # (c)
     denials = _lock_down(guard_module, data_dir, allow_write, train_py)  # (d)
     found["sandboxed"] = guard_module is not None
     os.environ[ENV_TRAIN_DIR] = str(view)
-    with blame("import", train_py, denials):  # (e)
-        module = import_candidate(train_py, code)
-    _verify(snapshot, "at import")
-    model = build(module, state, device, train_py, denials)  # (f)
+    if adopted:  # (e, f) the script's own top-level code builds the model, stopped at its first data request
+        module = run_until_data(train_py, code, cfg.seq_len, meta, denials)
+        _verify(snapshot, "at import")
+        model = adopted_model(module, state, device, train_py, denials)
+    else:
+        with blame("import", train_py, denials):  # (e)
+            module = import_candidate(train_py, code)
+        _verify(snapshot, "at import")
+        model = build(module, state, device, train_py, denials)  # (f)
     found["params"] = count_params(model)
     _verify(snapshot, "in build_model")
     sums = score(model, rows, table, cfg, device, vocab, train_py, denials)  # (g, i)

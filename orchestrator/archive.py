@@ -30,6 +30,8 @@ TRIALS = "refs/trials/"
 RETIRED = "refs/retired/"
 INBOX = "refs/inbox/"
 LINEAGE_REF = "refs/popsearch/lineage"     # a chain of event commits: create, fork, retire
+IMPORTED = "refs/imported/"                # an adopted project's discarded and crashed runs (orchestrator/adopt.py)
+IMPORTED_TRAILER = "Imported-From"         # on every commit brought in from an adopted project
 LOCK_FILE = ".lock"
 MARKER = ("popsearch", "archive")          # git config popsearch.archive = FORMAT_VERSION
 FORMAT_VERSION = "1"
@@ -172,6 +174,11 @@ def _rename_into_place(building: Path, path: Path) -> None:
         raise ArchiveError(f"{path}: could not create the archive there: {exc.strerror}") from None
 
 
+def member_names(size: int) -> list[str]:
+    """The members of a new population: m0, m1, ..."""
+    return [f"m{i}" for i in range(size)]
+
+
 def _check_members(members) -> list[str]:
     names = [ledger.valid_id(m, "member") for m in members]
     if not names:
@@ -201,8 +208,10 @@ class Archive:
         return cls(path, writer)
 
     @classmethod
-    def create(cls, path, seed_source: str, members: list[str], message: str = "seed train.py") -> "Archive":
-        """A new archive at `path` (absent or empty): root commit with the seed, one branch per member.
+    def create(cls, path, seed_source: str, members: list[str], message: str = "seed train.py",
+               ancestors=()) -> "Archive":
+        """A new archive at `path` (absent or empty): the seed commit (after `ancestors`, a chain of (source,
+        message) commits of an adopted project's history, oldest first), one branch per member.
 
         Built in a hidden sibling folder and renamed into place, so a kill leaves no half-made archive; the
         draft's lock moves with it, so no other driver can open the archive between the rename and the lock.
@@ -221,7 +230,7 @@ class Archive:
         try:
             _init_repo(building)
             draft = cls(building)
-            draft._seed(seed_source, names, message)
+            draft._seed(seed_source, names, message, ancestors)
             draft.repo.close()
             _rename_into_place(building, path)
             draft.path, draft.repo = path, _open_repo(path)
@@ -323,13 +332,36 @@ class Archive:
 
     # ---- population ----------------------------------------------------------------------------------
 
-    def _seed(self, source: str, members: list[str], message: str) -> None:
-        root = self._commit(self._tree(None, source), [], message)
+    def _seed(self, source: str, members: list[str], message: str, ancestors=()) -> None:
+        parents: list[str] = []
+        for old_source, old_message in ancestors:
+            parents = [self._commit(self._tree(None, old_source), parents, old_message)]
+        root = self._commit(self._tree(None, source), parents, message)
         self._update_ref(SEED_REF, root, ZERO_SHA)
         self._git("reset", "-q", "--hard")
         for member in members:
             self._log_event("create", member, root)
             self._update_ref(BRANCHES + member, root, ZERO_SHA)
+
+    def add_imported(self, name: str, parent: str, source: str | None, message: str) -> str:
+        """refs/imported/<name>: a run of an adopted project that was not kept (its train.py when known)."""
+        self._writable()
+        tree = self._tree(None, source) if source is not None else self._store("tree", b"")
+        sha = self._commit(tree, [parent], message)
+        self._update_ref(IMPORTED + name, sha, ZERO_SHA)
+        return sha
+
+    def imported(self) -> list[dict]:
+        """The adopted project's history: trailers of the imported commits on the seed's chain (kind ancestor)
+        and of refs/imported/* (kind trial), each with its archive commit, oldest first."""
+        out = []
+        for sha in reversed(self._git("rev-list", "--first-parent", SEED_REF).split()):
+            trailers = parse_message(self._commit_of(sha).message)[1]
+            if IMPORTED_TRAILER in trailers:
+                out.append({**trailers, "kind": "ancestor", "commit": sha})
+        for ref, sha, text in self._messages(IMPORTED):
+            out.append({**parse_message(text)[1], "kind": "trial", "commit": sha})
+        return out
 
     def heads(self) -> dict[str, str]:
         """{member: head sha} of the living members."""

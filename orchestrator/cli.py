@@ -1,4 +1,4 @@
-"""The `popsearch` command: run, resume, status, report, trial, prepare, calibrate, program, repair.
+"""The `popsearch` command: run, adopt, resume, status, report, trial, prepare, calibrate, program, repair.
 
 Each subcommand parses its arguments, loads the config, and hands off to one plain function."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from orchestrator.archive import ArchiveLocked, NotAnArchive, check_archive, check_unlocked, is_archive
+from orchestrator.archive import (ArchiveLocked, NotAnArchive, check_archive, check_unlocked, is_archive,
+                                  member_names)
 from orchestrator.config import ConfigError, load, validate
 
 SUMMARY_KEYS = ("status", "val_bpb", "val_loss", "reason", "training_seconds", "startup_seconds", "judge_seconds",
@@ -81,6 +82,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-trials", type=int, help="stop after this many finished trials in the archive")
     r.set_defaults(func=cmd_run)
 
+    ad = sub.add_parser("adopt", help="a single-GPU project (git checkout with results.tsv, or one train.py) as "
+                                      "a new population: its train.py is the seed, its history the lineage")
+    ad.add_argument("path")
+    ad.add_argument("--config", help="YAML config (default: the built-in CPU demo, without its overrides)")
+    ad.add_argument("--archive", help="archive folder (overrides the config's archive)")
+    ad.add_argument("--max-trials", type=int, help="stop after this many finished trials in the archive")
+    ad.set_defaults(func=cmd_adopt)
+
     s = sub.add_parser("resume", help="continue a population from its archive")
     s.add_argument("archive")
     s.add_argument("--max-trials", type=int)
@@ -130,6 +139,33 @@ def cmd_run(args) -> int:
         cfg.archive = args.archive
     if args.max_trials is not None:
         cfg.stop.max_trials = args.max_trials
+    return run_population(cfg)
+
+
+def cmd_adopt(args) -> int:
+    """Read and check the project, create the archive with its history, then run like `popsearch run`."""
+    from orchestrator.adopt import AdoptError, create_archive, read_project
+    cfg = load(args.config)
+    if args.archive:
+        cfg.archive = args.archive
+    if args.max_trials is not None:
+        cfg.stop.max_trials = args.max_trials
+    validate(cfg, where=cfg.source or "<config>")
+    try:
+        project = read_project(args.path)
+    except AdoptError as exc:
+        raise BadInput(str(exc)) from None
+    path = Path(cfg.archive).expanduser().resolve()
+    if is_archive(path) or (path.exists() and any(path.iterdir())):
+        raise BadInput(f"{path}: the archive folder of `adopt` must be new or empty (--archive names another)")
+    if cfg.population.overrides:
+        print("popsearch: population.overrides left out: the seed is the project's train.py, byte for byte")
+        cfg.population.overrides = {}
+    cfg.population.seed_train_py = str(project.path if project.path.is_file() else project.path / "train.py")
+    create_archive(project, path, member_names(cfg.population.size))
+    print(f"adopted {project.path}: {len(project.commits)} commit(s), {len(project.runs)} results row(s) "
+          f"imported into {path}")
+    cfg.archive = str(path)
     return run_population(cfg)
 
 

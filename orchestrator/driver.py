@@ -17,7 +17,7 @@ from judge import verdict as judge_verdict
 from judge.noise import inflated
 from orchestrator import budget as budget_rules
 from orchestrator import selection
-from orchestrator.archive import Archive, is_archive
+from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, judge_job, ledger_row,
@@ -73,7 +73,7 @@ class Driver:
             self.archive = Archive.open(self.archive_dir)
             self.say(f"resuming population in {self.archive_dir}")
         else:
-            names = [f"m{i}" for i in range(self.cfg.population.size)]
+            names = member_names(self.cfg.population.size)
             self.archive = Archive.create(self.archive_dir, seed_source(self.cfg), names,
                                           "seed: the baseline train.py" + self._override_note())
             self.say(f"created population of {len(names)} in {self.archive_dir}")
@@ -327,7 +327,7 @@ class Driver:
         cfg = self.cfg.proposers
         parent = self.archive.heads()[member]
         history = format_history(self.history_inputs(member))
-        brief = full_brief(self.cfg)
+        brief = full_brief(self.cfg, self.archive.source(parent))
         if proposer == "endpoint":
             task = ray.remote(num_cpus=0, max_retries=0)(run_endpoint)
             ref = task.remote(asdict(cfg.endpoint), brief, history, self.archive.source(parent))

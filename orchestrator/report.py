@@ -48,6 +48,7 @@ class Snapshot(NamedTuple):
     pending_since: dict[str, float]      # trial id -> time the candidate was proposed
     head_scores: dict[str, float | None]  # member -> val_bpb of its head as judged (see head_score)
     baseline: list[float]                # val_bpb of every run of the seed (proposer "baseline")
+    imported: list = []                  # an adopted project's history (Archive.imported), never compared
 
 
 def baseline_scores(records: list[dict]) -> list[float]:
@@ -80,8 +81,9 @@ def snapshot(archive_dir) -> Snapshot:
         baseline = baseline_scores(records)
         scores = {m: head_score(archive, sha, records, baseline) for m, sha in {**retired, **heads}.items()}
         path = archive.path
+        imported = archive.imported()
     trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
-    return Snapshot(path, trials, heads, retired, lineage, pending, since, scores, baseline)
+    return Snapshot(path, trials, heads, retired, lineage, pending, since, scores, baseline, imported)
 
 
 def _iso(stamp) -> str:
@@ -461,7 +463,13 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
               verdict_table(snap), "",
               "## Progress", "", "![val_bpb of every trial](progress.png)", "",
               "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]
+    lines += _imported_section(snap, "## Imported history (the adopted project's own val_bpb, never compared)")
     return "\n".join(lines)
+
+
+def _imported_section(snap: Snapshot, title: str) -> list[str]:
+    from orchestrator.adopt import history_lines
+    return [title, "", *("    " + line for line in history_lines(snap.imported)), ""] if snap.imported else []
 
 
 def write_report(archive_dir) -> Path:
@@ -509,5 +517,6 @@ def status_text(archive_dir) -> str:
         subject = pend.message.splitlines()[0] if pend.message else ""
         age = _elapsed(max(0.0, now - snap.pending_since[pend.trial_id]))[1:]
         lines.append(f"  {pend.trial_id}  {pend.member or '-'}  {pend.proposer}  {subject}  ({age} ago)")
+    lines += _imported_section(snap, "imported history (the adopted project's own val_bpb, never compared):")
     lines.append(_ledger_line(snap))
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ import traceback  # noqa: E402
 import types  # noqa: E402
 
 from judge import guard  # noqa: E402
+from judge.adopted import ADOPTED, PREPARE, protocol  # noqa: E402
 from judge.landlock import landlock  # noqa: E402
 from judge.spec import ENV_TRAIN_DIR, ENV_WEIGHTS  # noqa: E402
 from trainer.spec import ENV_DEVICE  # noqa: E402
@@ -80,6 +81,7 @@ def setup(argv) -> dict:
     s = read_settings(scratch)
     prepare_env(s)
     s["violations_fd"] = open_record(s["violations"])
+    bind_prepare(s)
     set_limits(s)
     roots = walls(s)
     if s["landlock"]:
@@ -102,6 +104,22 @@ def setup(argv) -> dict:
     _say(f"popsearch-sandbox: landlock abi {s.get('landlock_abi', 0)}, subprocess "
          f"{'compilers only' if s['subprocess'] else 'no'}, network no")
     return s
+
+
+def bind_prepare(s: dict) -> None:
+    """For an adopted script (judge/adopted.py's protocol): trainer/adopted.py as its `prepare`, bound to this
+    trial's data and to the violations record while the process is still trusted (the tokenizer is read here)."""
+    try:
+        with open(s["script"], "rb") as f:
+            source = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise SetupError(f"cannot read {s['script']}: {exc}") from exc
+    if protocol(source) != ADOPTED:
+        return
+    from trainer import adopted
+    write, exit_now, fd = os.write, os._exit, s["violations_fd"]
+    adopted.bind(s["data_dir"], lambda message: _record_and_exit(write, fd, exit_now, message))
+    sys.modules[PREPARE] = adopted
 
 
 def check_scratch(scratch: str) -> None:

@@ -19,6 +19,7 @@ ENV_GO_FD = "POPSEARCH_GO_FD"                    # runner -> trial: one byte whe
 ENV_THREADS = "POPSEARCH_THREADS"                # CPU threads for torch in CPU mode
 ENV_ATTENTION = "POPSEARCH_ATTENTION"            # fa3 | flex | sdpa: skip the backend chain (trainer/attention.py)
 ENV_KERNEL_DIR = "POPSEARCH_KERNEL_DIR"          # a local FA3 kernel repo (build/<variant>/...), no hub needed
+ENV_SEQ_LEN = "POPSEARCH_SEQ_LEN"                # judge.seq_len: MAX_SEQ_LEN of an adopted script (trainer/adopted.py)
 ATTENTION_BACKENDS = ("fa3", "flex", "sdpa")
 
 

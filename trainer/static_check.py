@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 
 ALLOWED_MODULES = ("torch", "math", "time", "os", "dataclasses", "functools", "itertools", "collections",
-                   "typing", "numpy", "__future__", "enum", "abc", "contextlib")
+                   "typing", "numpy", "__future__", "enum", "abc", "contextlib",
+                   "prepare")          # popsearch's own prepare for adopted scripts (trainer/adopted.py)
 ALLOWED_FIXED = ("judge.loader", "judge.handoff", "trainer.harness", "trainer.attention", "trainer.flops")
 BANNED_TORCH = ("torch.distributed", "torch.hub", "torch.multiprocessing", "torch.utils.cpp_extension",
                 "torch.utils.data", "torch._C", "torch.ops", "torch.package", "torch.jit")

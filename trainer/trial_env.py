@@ -107,5 +107,6 @@ def trial_env(spec: TrialSpec, scratch: Path, token: str) -> dict:
     env[S.ENV_BUDGET_FLOPS] = repr(float(spec.budget_flops))
     env[S.ENV_DEVICE] = spec.device
     env[S.ENV_SEED] = str(spec.seed)
+    env[S.ENV_SEQ_LEN] = str(spec.seq_len)
     env[ENV_TOKEN] = token
     return env

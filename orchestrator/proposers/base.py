@@ -1,11 +1,14 @@
 """What every proposer produces (Proposal) and the checks every candidate passes before it is queued.
 
-Only train.py may change; the new source must parse, define build_model() and guard its training."""
+Only train.py may change; the new source must parse, define build_model() and guard its training (native), or
+train at top level with its helpers from `prepare` (adopted, judge/adopted.py)."""
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+
+from judge.adopted import ADOPTED, protocol
 
 TRAIN_PY = "train.py"                    # the one file of a member's tree that candidates may change
 MAX_MESSAGE_CHARS = 4000                 # longer commit messages are cut
@@ -51,11 +54,13 @@ def _is_main_guard(stmt: ast.stmt) -> bool:
 
 def validate_source(source: str) -> tuple[bool, str]:
     """(ok, reason): the source parses, defines build_model() without required arguments at module
-    level, and keeps its training under `if __name__ == "__main__":`."""
+    level, and keeps its training under `if __name__ == "__main__":`; or follows the adopted protocol."""
     try:
         tree = ast.parse(source, filename=TRAIN_PY)
     except SyntaxError as exc:
         return False, f"{TRAIN_PY} line {exc.lineno}: syntax error: {exc.msg}"
+    if protocol(source) == ADOPTED:
+        return True, ""
     builds = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "build_model"]
     if not builds:
         return False, f"{TRAIN_PY}: no module-level function build_model()"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from judge.adopted import ADOPTED, PREPARE_NAMES, protocol
+
 PACKAGED_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
 
 
@@ -38,6 +40,26 @@ def run_numbers(cfg) -> str:
     return "\n".join(lines)
 
 
-def full_brief(cfg) -> str:
-    """program.md followed by this run's numbers: what the agent's {program} file holds."""
-    return program_text(cfg.proposers.program).rstrip("\n") + "\n" + run_numbers(cfg)
+def protocol_section(source: str) -> str:
+    """Which protocol the member's train.py follows, and what that means for an edit."""
+    if protocol(source) == ADOPTED:
+        body = [f"This member's train.py is an **adopted single-GPU script**: it trains at top level and imports "
+                f"{', '.join(PREPARE_NAMES)} from `prepare`, which popsearch provides (not a file you can edit). "
+                "Keep that shape: no build_model(), no `__main__` guard needed. `make_dataloader(tokenizer, B, T, "
+                "'train')` yields (inputs, targets, epoch); any other split is a violation. TIME_BUDGET is this "
+                "trial's budget in seconds; the clock starts at the second batch, and the module-level model is "
+                "handed to the judge at `evaluate_bpb(model, ...)` or at the last batch before the budget is "
+                "spent. The judge rebuilds the model by running the top-level code up to the first "
+                "make_dataloader call (so build the model before it) and scores it itself; what the script "
+                "prints about its val_bpb is ignored."]
+    else:
+        body = ["This member's train.py follows popsearch's **native protocol**: build_model(), training under "
+                "`if __name__ == \"__main__\":` with trainer.harness.Trial (trial.start(model) ... trial.finish())."]
+    return "\n".join(["", "## This member's train.py", "", *body, ""])
+
+
+def full_brief(cfg, source: str | None = None) -> str:
+    """program.md followed by this run's numbers (and, given the member's train.py, its protocol): what the
+    agent's {program} file holds."""
+    text = program_text(cfg.proposers.program).rstrip("\n") + "\n" + run_numbers(cfg)
+    return text + (protocol_section(source) if source is not None else "")

@@ -59,15 +59,22 @@ class LocalCluster:
                      f"--node-manager-port={self.manager_ports[name]}",
                      f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", f"--temp-dir={self.temp}")
 
+    def raylets(self) -> dict[int, str]:
+        """PID -> worker node name, for the worker raylets alive now."""
+        found = {}
+        for pid in pids_using(self.temp):
+            line = cmdline(pid)
+            for name, port in self.manager_ports.items():
+                if "raylet" in line and f"--node_manager_port={port} " in line + " ":
+                    found[pid] = name
+        return found
+
     def raylet_pid(self, name: str) -> int:
-        mark = f"--node_manager_port={self.manager_ports[name]}"
-        pids = [p for p in pids_using(self.temp) if "raylet" in cmdline(p) and mark in cmdline(p)]
-        assert len(pids) == 1, pids
-        return pids[0]
+        return next(pid for pid, node in self.raylets().items() if node == name)
 
     def node_of(self, pid: int) -> str | None:
         """The worker node whose raylet is an ancestor of `pid`."""
-        raylets = {self.raylet_pid(n): n for n in self.manager_ports}
+        raylets = self.raylets()
         while pid > 1:
             if pid in raylets:
                 return raylets[pid]

@@ -167,9 +167,9 @@ def wait_until(predicate, what: str, proc: subprocess.Popen | None = None, log: 
     raise AssertionError(f"{what} never happened:\n{log.read_text() if log else ''}")
 
 
-def trials_on(cluster: LocalCluster, node: str) -> list[str]:
-    """Ids of the trials running on worker node `node` now."""
-    return [trial_id_of(p) for p in running_trials() if cluster.node_of(p) == node]
+def trials_on(cluster: LocalCluster, node: str) -> dict[int, str]:
+    """PID -> trial id of the trial processes running on worker node `node` now."""
+    return {p: trial_id_of(p) for p in running_trials() if cluster.node_of(p) == node}
 
 
 def test_worker_node_lost_mid_trial_then_back(cluster, tmp_path, cache_root, data_spec):
@@ -185,12 +185,13 @@ def test_worker_node_lost_mid_trial_then_back(cluster, tmp_path, cache_root, dat
         lost = wait_until(lambda: next((n for n in WORKERS if any(trials_on(cluster, n))), None),
                           "a trial on a worker", proc, log)
         other = next(n for n in WORKERS if n != lost)
-        retried = next(t for t in trials_on(cluster, lost) if t)
+        killed, retried = next((p, t) for p, t in trials_on(cluster, lost).items() if t)
         os.kill(cluster.raylet_pid(lost), signal.SIGKILL)
-        wait_until(lambda: retried in trials_on(cluster, other), f"{retried} re-run on {other}", proc, log)
+        wait_until(lambda: any(t == retried and p != killed for p, t in trials_on(cluster, other).items()),
+                   f"{retried} re-run on {other}", proc, log)
         cluster.add_nodes(lost)
         wait_until(lambda: " is back on " in log.read_text(), "the replacement actor", proc, log)
-        wait_until(lambda: any(trials_on(cluster, lost)), f"a trial on {lost} after it came back", proc, log)
+        wait_until(lambda: trials_on(cluster, lost), f"a trial on {lost} after it came back", proc, log)
         wait_until(lambda: retried in set(ledger(archive).get("trial_id", [])), f"{retried} recorded", proc, log)
     finally:
         proc.send_signal(signal.SIGTERM)

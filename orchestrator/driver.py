@@ -195,6 +195,7 @@ class Driver:
             self.lost.add(i)
             self.say(f"  actor {self.slots[i]['slot']} on {self.slots[i]['node']} was lost; asking Ray for a "
                      f"replacement")
+            forget_actor(ray, self.actors[i])
             actor = self.new_actor(i)
             self.replacing[actor.info.remote()] = (i, actor)
         self.infra_failure(job, reason)
@@ -729,6 +730,15 @@ def cluster_alive(ray, timeout: float = CLUSTER_PROBE_SECONDS) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(answer and answer[0])
+
+
+def forget_actor(ray, actor) -> None:
+    """Keep Ray from restarting a lost actor itself (its class has max_restarts): its replacement alone may
+    take the slot's resources when a node is back, else the restarted one could hold them with no work."""
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:
+        pass
 
 
 def save_config(cfg: Config, archive_dir: Path) -> None:

@@ -51,6 +51,8 @@ class Trial:
         self.tokens = 0
         self._t0: float | None = None
         self._last_emit = -float("inf")
+        self._last_step_at: float | None = None
+        self._step_seconds = 0.0             # duration of the latest step, runner-independent (perf_counter)
 
     @property
     def device_type(self) -> str:
@@ -94,6 +96,8 @@ class Trial:
         self.tokens += int(tokens)
         p = self.progress()
         now = time.perf_counter()
+        self._step_seconds = now - (self._last_step_at if self._last_step_at is not None else self._t0 or now)
+        self._last_step_at = now
         if now - self._last_emit >= EMIT_INTERVAL or p >= 1.0:
             self._last_emit = now
             value = float(loss.item() if torch.is_tensor(loss) else loss) if loss is not None else None
@@ -102,6 +106,10 @@ class Trial:
         return p
 
     def done(self) -> bool:
+        """The budget is used up. Time mode: also when one more step as long as the latest would end past
+        the budget, so a run of long steps stops inside its budget instead of overrunning it by a step."""
+        if self.budget_kind == "time" and self._t0 is not None:
+            return self.elapsed() + self._step_seconds >= self.budget_seconds
         return self.progress() >= 1.0
 
     def finish(self, **stats) -> dict:

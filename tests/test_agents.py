@@ -207,7 +207,7 @@ def test_driver_history_shows_the_candidates_in_flight(tmp_path):
         driver.enqueue(Proposal(member="m0", parent_commit=head, source=src, proposer="agent", message="wider"))
         text = history.format_history(driver.history_inputs("m0"))
         assert "### t00000 (agent): wider" in text and "+MODEL_DIM = 96" in text
-        assert "re-run with a new seed, up to 2 runs" in text and "not judged yet" in text
+        assert "Sequential test after each run" in text and "not judged yet" in text
         assert "In flight on this member" in history.format_history(driver.history_inputs("m1"))
         assert "+MODEL_DIM" not in history.format_history(driver.history_inputs("m1"))
     finally:

@@ -98,7 +98,7 @@ class Trial:
         now = time.perf_counter()
         self._step_seconds = now - (self._last_step_at if self._last_step_at is not None else self._t0 or now)
         self._last_step_at = now
-        if now - self._last_emit >= EMIT_INTERVAL or p >= 1.0:
+        if now - self._last_emit >= EMIT_INTERVAL or p >= 1.0 or self.done():
             self._last_emit = now
             value = float(loss.item() if torch.is_tensor(loss) else loss) if loss is not None else None
             self._emit({"event": "progress", "progress": p, "loss": value,

@@ -58,8 +58,9 @@ def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec,
     assert df["trial_id"].is_unique
     base = df[df.proposer == "baseline"]
     assert len(base) == 2 and (base.status == "ok").all()
-    cands = df[df.proposer != "baseline"]
+    cands = df[~df.proposer.isin(["baseline", "reference"])]       # reference: extra runs of a head
     assert len(cands) >= 1 and set(cands.verdict) <= {"promote", "discard"}
+    assert set(df[df.proposer == "reference"].verdict) <= {"reference"}
     assert df.val_bpb.dropna().between(0.5, 20).all()
     arch = Archive.open(archive, writer=False)
     assert {r["trial_id"] for r in arch.trial_records()} == set(df.trial_id)

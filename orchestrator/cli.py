@@ -133,23 +133,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_run(args) -> int:
+def config_with_overrides(args):
+    """The config of `run` / `adopt` with the command line's --archive and --max-trials applied."""
     cfg = load(args.config)
     if args.archive:
         cfg.archive = args.archive
     if args.max_trials is not None:
         cfg.stop.max_trials = args.max_trials
-    return run_population(cfg)
+    return cfg
+
+
+def cmd_run(args) -> int:
+    return run_population(config_with_overrides(args))
 
 
 def cmd_adopt(args) -> int:
     """Read and check the project, create the archive with its history, then run like `popsearch run`."""
     from orchestrator.adopt import AdoptError, create_archive, read_project
-    cfg = load(args.config)
-    if args.archive:
-        cfg.archive = args.archive
-    if args.max_trials is not None:
-        cfg.stop.max_trials = args.max_trials
+    cfg = config_with_overrides(args)
     validate(cfg, where=cfg.source or "<config>")
     try:
         project = read_project(args.path)

@@ -4,7 +4,6 @@ Also refs/pending/<id> (proposed), refs/trials/<id> (judged), refs/retired/<m>, 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from git.objects.fun import tree_entries_from_data, tree_to_stream
 from gitdb import IStream
 
 from orchestrator import ledger
+from orchestrator.fingerprint import source_hash  # noqa: F401  (re-exported: callers import it from here)
 from orchestrator.trailers import compose_message, completed_row, judged_trailers, parse_message, pending_trailers
 
 SOURCE_FILE = "train.py"
@@ -75,12 +75,6 @@ class LineageEntry(NamedTuple):
     forked_from: str | None
     created_at: float
     retired_at: float | None
-
-
-def source_hash(source: str) -> str:
-    """git's blob id of a train.py text: equal exactly for byte-identical candidates, readable from any commit."""
-    data = source.encode("utf-8")
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _tree_order(entry) -> bytes:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from judge import verdict as judge_verdict
 from judge.noise import Noise, noise_by_key, pooled
-from orchestrator.archive import source_hash
+from orchestrator.fingerprint import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
 REFERENCE = "reference"      # proposer name of head runs on a device kind (too few there to compare with)

@@ -333,7 +333,8 @@ def evaluate(train_py, weights, data_dir, cfg: JudgeConfig, device: str = "cpu",
     t0 = time.perf_counter()
     result = empty_result()
     work = Path(tempfile.mkdtemp(prefix="popsearch-judge-"))
-    before = {"modules": set(sys.modules), "env": os.environ.get(ENV_TRAIN_DIR)}
+    before = {"modules": set(sys.modules), "env": os.environ.get(ENV_TRAIN_DIR), "tempdir": tempfile.tempdir}
+    tempfile.tempdir = str(work)   # temp folders the candidate's code makes (torch.compile's on CUDA) land in scratch
     try:
         _evaluate(Path(train_py).resolve(), weights, data_dir, cfg, device, sandbox,
                   [*allow_write, str(work)], work, result)
@@ -409,6 +410,7 @@ def _tidy(before: dict, work: Path) -> None:
     for name in set(sys.modules) - before["modules"]:
         if name.startswith(CANDIDATE_PREFIX):
             sys.modules.pop(name, None)
+    tempfile.tempdir = before["tempdir"]
     if before["env"] is None:
         os.environ.pop(ENV_TRAIN_DIR, None)
     else:

@@ -93,3 +93,17 @@ def test_mutator_and_brief_work_on_adopted_scripts():
     assert changed and message.startswith("mutate: ") and protocol(new) == ADOPTED
     assert "adopted single-GPU script" in full_brief(load(None), source)
     assert "native protocol" in full_brief(load(None), (NATIVE_CANDIDATES / "causal_ok.py").read_text())
+
+
+def test_temp_folders_made_at_top_level_land_in_the_judge_scratch(data_dir, tmp_path):
+    """torch.compile on CUDA makes a temp folder while the script builds its model: under the sandboxed judge CLI
+    it lands in the judge's scratch folder (allowed) instead of being refused as a write outside it."""
+    from judge.run_judge import run_judge
+    source = (ADOPT / "upstream_train.py").read_text()
+    marker = "torch.manual_seed(42)\n"
+    assert marker in source
+    script = tmp_path / "train.py"
+    script.write_text(source.replace(marker, "import tempfile\nMADE = tempfile.mkdtemp()\n" + marker, 1))
+    weights = hand_off(built_model("upstream_train", data_dir), tmp_path / "w.pt")
+    result = run_judge(script, weights, data_dir, CFG, "cpu", threads=1)
+    assert result["status"] == "ok", result

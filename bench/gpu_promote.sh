@@ -42,7 +42,7 @@ for _, r in df[df.proposer == "inbox"].iterrows():
           f"{r.selection_runs}, head runs {r.head_runs}, σ {r.sigma} (dof {r.sigma_dof}), evidence {r.evidence}, "
           f"bar {r.bar}, head_score {r.head_score}\n    {r.decided_by}")
 PY
-git -C "$ARCHIVE" show refs/heads/m0:train.py > /tmp/promoted_train.py 2>/dev/null
+git -C "$ARCHIVE" show refs/heads/pop/m0:train.py > /tmp/promoted_train.py 2>/dev/null
 if grep -q "MATRIX_LR = 0.025" /tmp/promoted_train.py && [ $(( WALL - ($(date +%s) - T0) )) -gt 115 ]; then
   timeout $(( WALL - ($(date +%s) - T0) - 5 )) python -m orchestrator.cli trial /tmp/promoted_train.py \
     --config /tmp/promote.yaml --seed 987654 --device cuda > "$OUT/rerun.txt" 2>&1

@@ -190,6 +190,7 @@ class Archive:
     def __init__(self, path, writer: bool = True):
         self.path = Path(path).resolve()
         self.writer = writer
+        self.segment = 0                 # the score segment stamped on every row recorded (the driver sets it)
         self.repo = _open_repo(self.path)
         try:
             self._lock = _acquire_lock(self.path) if writer else None
@@ -551,7 +552,7 @@ class Archive:
         the ledger row comes after (finish); repair writes rows missing from the ledger from Record trailers."""
         self._writable()
         pend = self._pending_of(trial_id)
-        full = completed_row(pend, row, promote)
+        full = {**completed_row(pend, row, promote), "segment": self.segment}
         head_before = self._promotion_base(pend, expect_head) if promote else None
         sha = self._judged_commit(pend, full, head_before)
         self._mark_judged(trial_id, sha)

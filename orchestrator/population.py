@@ -16,6 +16,7 @@ BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
 REFERENCE = "reference"      # proposer name of head runs on a device kind (too few there to compare with)
 LOG_TAIL_CHARS = 2000        # of a crashed or timed-out trial's log kept in its ledger row
 TAIL_STATUSES = ("crash", "timeout")
+SEGMENT_MARK = " [segment "  # in the Scores device key of a run from an earlier score segment (segment_device)
 RUNS_PER_TRIAL = 1000        # seeds of trial k are k*1000 .. k*1000+999: no two runs ever share one
 
 
@@ -153,7 +154,12 @@ def segment_device(device: str, segment, current: int) -> str:
     segment (config_change.py); a run of another segment stays apart ('cpu [segment 0]'), so it is never the
     reference of this one's candidates: the head is re-measured here, as on a new device kind."""
     number = int(segment or 0)
-    return device if number == current else f"{device} [segment {number}]"
+    return device if number == current else f"{device}{SEGMENT_MARK}{number}]"
+
+
+def of_current_segment(device_key: str) -> bool:
+    """Whether a Scores device key holds runs of the current segment (see segment_device)."""
+    return SEGMENT_MARK not in device_key
 
 
 def absorb_record(scores: Scores, record: dict, src_hash: str, current_segment: int = 0) -> str:
@@ -183,17 +189,18 @@ def head_score(scores: Scores, head_hash: str) -> float | None:
     """A head's score: the mean of its scoring runs on one device kind, of the current segment when it has
     any there (the first kind by name), else of an earlier segment; None when nothing scored it."""
     kinds = sorted(dev for (h, dev), values in scores.by_source.items() if h == head_hash and values)
-    current = [dev for dev in kinds if " [segment " not in dev]
+    current = [dev for dev in kinds if of_current_segment(dev)]
     return scores.mean(head_hash, (current or kinds)[0]) if kinds else None
 
 
 def margins(scores: Scores, head_hash: str, rule: judge_verdict.Rule) -> dict:
     """{device kind: how far below the head one run must land for the selection test to clear it}, from the
-    pooled σ of each kind and budget (widened for its dof) and the head's runs there; kinds with no σ are left out."""
+    pooled σ of each kind and budget (widened for its dof) and the head's runs there; kinds with no σ, and
+    earlier segments (never compared again), are left out."""
     out = {}
     for (device, _budget), noise in scores.noise_table().items():
         sigma, runs = inflated(noise), len(scores.runs(head_hash, device))
-        if sigma and runs:
+        if sigma and runs and of_current_segment(device):
             out[device] = judge_verdict.sprt_margin(1, runs, sigma, rule)
     return out
 

@@ -113,7 +113,7 @@ def noise_margin(snap: Snapshot) -> tuple[float | None, str]:
     by_kind = margins(snap.scores, snap.head_hashes[member], snap.rule or archive_rule(snap.path))
     if not by_kind:
         return None, "none yet (σ unknown: no train.py run twice)"
-    kind = sorted(by_kind, key=lambda k: (" [segment " in k, k))[0]
+    kind = sorted(by_kind)[0]
     return by_kind[kind], f"one run below {member}'s head on {kind or 'its device'} clears the selection test"
 
 

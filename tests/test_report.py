@@ -12,9 +12,13 @@ import xml.etree.ElementTree as ET
 import pandas as pd
 import pytest
 
-from orchestrator import ledger
+from judge.noise import Noise, inflated
+from judge.verdict import sprt_margin
+from orchestrator import config_change, ledger
 from orchestrator.archive import Archive
-from orchestrator.report import noise_margin, progress_figure, snapshot, status_text, write_report
+from orchestrator.config import Config, SelectionConfig
+from orchestrator.population import rule_of
+from orchestrator.report import noise_band, noise_margin, progress_figure, snapshot, status_text, write_report
 
 SEED = "LR = 0.01\n"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -54,6 +58,15 @@ def seed_runs(archive, runs):
 
 
 BASELINE_RUNS = [[2.0], [2.2], [2.1, 2.3]]     # mean of the runs 2.15; mean of the rows would be 2.1333
+SEED_SIGMA = statistics.stdev([2.0, 2.2, 2.1, 2.3])      # the only train.py run more than once: dof 3
+
+
+def margin_of(sigma: float, dof: int, head_runs: int, selection=None) -> float:
+    """The selection margin by the verdict's own formula: one run against `head_runs` runs of the head."""
+    return sprt_margin(1, head_runs, inflated(Noise(sigma, dof, 1)), rule_of(selection or SelectionConfig()))
+
+
+SEEDED_MARGIN = margin_of(SEED_SIGMA, 3, 1)                # the best head (m3) has one run
 
 
 @pytest.fixture
@@ -81,13 +94,15 @@ def test_heads_at_the_seed_score_the_seed_runs(seeded):
     assert board.loc["m3", "forked_from"] == "m1" and board.loc["m3", "promotions"] == 1
     lines = {line.split()[0]: line.split() for line in status_text(seeded).splitlines() if line.strip()}
     assert lines["m0"][2] == "2.1500" and lines["m2"][2:4] == ["2.1500", "1.8500"]
-    assert "seed: 2.1500 ± 0.1291 (mean ± std of 4 runs); margin 0.1000" in status_text(seeded)
+    assert f"seed: 2.1500 ± 0.1291 (mean ± std of 4 runs); margin {SEEDED_MARGIN:.4f}" in status_text(seeded)
+    assert "noise: device at 0 s: ±0.1291 (dof 3, 1 source(s))" in status_text(seeded)
 
 
 def test_summary_has_baseline_margin_gain_and_counts(seeded):
     summary = (write_report(seeded) / "summary.md").read_text()
     assert "- seed baseline val_bpb: 2.1500 ± 0.1291 (mean ± std of 4 runs)" in summary
-    assert "- noise margin: 0.1000 (recorded by the verdicts)" in summary
+    assert (f"- noise margin: {SEEDED_MARGIN:.4f} (one run below m3's head on its device clears the selection "
+            "test)") in summary
     assert "**m3** at val_bpb 1.7000" in summary and "gain +0.4500 (+20.93%) over the seed" in summary
     assert "(ok 7, crash 1, invalid 1)" in summary
     assert "- by proposer: mutate 4, baseline 3, agent 1, inbox 1" in summary
@@ -100,7 +115,8 @@ def test_progress_plot_marks_seed_runs_band_and_running_bests(seeded):
                               "best val_bpb 1.7000 (m3), gain +0.4500 (+20.9%) over the seed")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[:4] == ["m0", "m1", "m2", "m3"]
-    for label in ("seed runs (3)", "seed mean 2.1500", "noise margin ±0.1000", "promoted", "discarded", "failed (2)"):
+    for label in ("seed runs (3)", "seed mean 2.1500", f"selection margin {SEEDED_MARGIN:.4f} under the best head",
+                  "promoted", "discarded", "failed (2)"):
         assert label in labels
     lines = {line.get_gid(): line for line in ax.lines if line.get_gid()}
     assert lines["seed mean"].get_ydata()[0] == pytest.approx(2.15)
@@ -111,7 +127,7 @@ def test_progress_plot_marks_seed_runs_band_and_running_bests(seeded):
     m3 = lines["best:m3"].get_xydata()                             # starts where it forked, from m1's head
     assert m3[0] == pytest.approx([7, 1.90]) and m3[-1][1] == 1.70
     bottom, top = ax.get_ylim()
-    assert bottom < 2.05 and top > 2.25                            # the whole band is in view
+    assert bottom < 1.70 - SEEDED_MARGIN and top > 2.2              # the whole band is in view
 
 
 def test_head_off_the_seed_without_a_record_scores_its_tree(tmp_path):
@@ -126,15 +142,54 @@ def test_head_off_the_seed_without_a_record_scores_its_tree(tmp_path):
     assert snap.head_scores == pytest.approx({"a": 1.7, "m0": 2.2})
 
 
-def test_margin_falls_back_to_the_seed_spread(tmp_path):
+def test_the_margin_of_a_fresh_seed_is_the_selection_tests_under_the_archives_rule(tmp_path):
     with Archive.create(tmp_path / "fresh-seed", SEED, ["m0"]) as archive:
         seed_runs(archive, [[2.0], [2.4]])
         folder = write_report(archive.path)
+    expected = margin_of(statistics.stdev([2.0, 2.4]), 1, 2)          # σ of the two seed runs, both the head's
     margin, source = noise_margin(snapshot(archive.path))
-    assert margin == pytest.approx(2 * statistics.stdev([2.0, 2.4])) and source == "2 x std of the seed runs"
+    assert margin == pytest.approx(expected) and source.startswith("one run below m0's head")
     summary = (folder / "summary.md").read_text()
-    assert "- noise margin: 0.5657 (2 x std of the seed runs)" in summary
+    assert f"- noise margin: {expected:.4f} (one run below m0's head" in summary
     assert "**m0** at val_bpb 2.2000" in summary and "gain +0.0000" in summary
+    strict = Config()
+    strict.selection.alpha = 0.05                                       # the archive's own rule is read
+    (archive.path / "config.yaml").write_text(json.dumps(strict.to_dict()))
+    margin = noise_margin(snapshot(archive.path))[0]
+    assert margin == pytest.approx(margin_of(statistics.stdev([2.0, 2.4]), 1, 2, strict.selection))
+    assert margin > expected
+
+
+def test_a_promoted_head_is_scored_by_its_confirmation_runs_as_the_driver_scores_it(tmp_path):
+    with Archive.create(tmp_path / "confirmed", SEED, ["m0"]) as archive:
+        seed_runs(archive, [[2.0], [2.1]])
+        run(archive, "m0", "t1", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.88,
+            run_scores=json.dumps([1.80, 1.90, 1.94]), selection_runs=1, head_score=1.92)
+    snap = snapshot(tmp_path / "confirmed")
+    assert snap.head_scores["m0"] == pytest.approx(1.92)             # not the row's mean of all three runs
+    assert "±0.0716 (dof 3, 2 source(s))" in noise_band(snap)         # all three runs count for σ, and the seed's
+
+
+def test_a_new_segment_keeps_old_scores_apart_and_status_names_it(tmp_path):
+    with Archive.create(tmp_path / "segments", SEED, ["m0"]) as archive:
+        seed_runs(archive, [[2.0], [2.2]])
+        path = archive.path
+    old, new = Config(archive=str(path)), Config(archive=str(path))
+    new.budget.seconds = 150.0
+    (path / "config.yaml").write_text(json.dumps(old.to_dict()))
+    assert config_change.record(path, new, next_trial=2) == 1
+    snap = snapshot(path)
+    assert snap.head_scores["m0"] == pytest.approx(2.1)             # nothing in segment 1 yet: the old score shows
+    assert noise_margin(snap)[0] is None                            # ... but no margin: no head run in segment 1
+    with Archive.open(path) as archive:
+        archive.segment = 1
+        run(archive, "m0", "r2", SEED, "reference", verdict="reference", val_bpb=1.55, run_scores="[1.5, 1.6]")
+    snap = snapshot(path)
+    assert snap.head_scores["m0"] == pytest.approx(1.55)
+    assert "[segment 0]" in noise_band(snap) and "device at 0 s: ±0.0707 (dof 1" in noise_band(snap)
+    text = status_text(path)
+    assert "segment 1 since trial 2 (budget.seconds: 300.0 -> 150.0)" in text
+    assert ledger.read(path).set_index("trial_id")["segment"].to_dict() == {"b0": 0, "b1": 0, "r2": 1}
 
 
 def test_report_files(population):

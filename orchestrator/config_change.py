@@ -23,8 +23,9 @@ FREE_KEYS = ("archive", "stop.", "resources.", "budget.startup_allowance", "budg
 # Keys that change what a score means (the training budget, the data, the judge, a CPU trial's threads):
 # an accepted change starts a new segment, whose scores are never compared with the old ones.
 SCORE_KEYS = ("budget.", "judge.", "data.", "resources.threads_per_trial")
-# Read only when an archive is created (the seed commit): on an existing archive they change nothing.
-CREATION_KEYS = ("population.overrides", "population.seed_train_py")
+# Read only when an archive is created (the members and their seed commit): on an existing archive they
+# change nothing (the refusal says so).
+CREATION_KEYS = ("population.size", "population.overrides", "population.seed_train_py")
 MISSING = "(unset)"
 
 
@@ -97,8 +98,8 @@ def refusal(cfg: Config, archive_dir, changes: list[Change]) -> str:
     where = cfg.source or "the config"
     segment = [c.key for c in changes if starts_segment(c.key)]
     inert = [c.key for c in changes if _matches(c.key, CREATION_KEYS)]
-    notes = (f"; {', '.join(segment)} would start a new score segment" if segment else "") + \
-            (f"; {', '.join(inert)} only shape a new archive's seed" if inert else "")
+    notes = (f"; a new score segment would start ({', '.join(segment)})" if segment else "") + \
+            (f"; read only when an archive is created, no effect here: {', '.join(inert)}" if inert else "")
     return (f"{where} differs from {Path(archive_dir) / SAVED_CONFIG}: {', '.join(map(str, changes))}{notes}. "
             f"Nothing was started: run again with {ACCEPT_FLAG} to take the change, or `popsearch resume "
             f"{archive_dir}` to keep the archive's config")

@@ -99,6 +99,13 @@ def _kept(trials: pd.DataFrame) -> pd.Series:
     return trials["promoted"].eq(True)
 
 
+def _as_head(trials: pd.DataFrame) -> pd.Series:
+    """Each row's score as a head, as the population scores a promotion: its confirmation runs' mean
+    (head_score) where the verdict recorded one, else its val_bpb."""
+    score = pd.to_numeric(trials["head_score"], errors="coerce")
+    return score.fillna(pd.to_numeric(trials["val_bpb"], errors="coerce"))
+
+
 def _seed_runs(trials: pd.DataFrame) -> pd.Series:
     return trials["proposer"].eq(BASELINE)
 
@@ -178,7 +185,7 @@ def _score_at(snap: Snapshot, member: str, when: float) -> float | None:
     t = snap.trials
     kept = t[_kept(t) & t["member"].eq(member) & t["finished_at"].le(when)]
     if len(kept):
-        return float(kept["val_bpb"].iloc[-1])
+        return float(_as_head(kept).iloc[-1])
     entry = next((e for e in snap.lineage if e.member == member), None)
     if entry is not None and entry.forked_from and entry.created_at < when:
         return _score_at(snap, entry.forked_from, entry.created_at)
@@ -205,7 +212,8 @@ def _plot_member(ax, x, snap, good, entry, color, top) -> Line2D:
     ax.scatter(x[over], np.full(over.sum(), top), s=22, color=color, alpha=0.5, marker="^", clip_on=False)
     ax.scatter(x[kept], y[kept], s=80, color=color, edgecolors="black", linewidths=0.8, zorder=4)
     x0, y0 = _line_start(snap, entry)
-    xs, ys = (x[kept], y[kept]) if y0 is None else (np.insert(x[kept], 0, x0), np.insert(y[kept], 0, y0))
+    heads = _as_head(trials).to_numpy(dtype=float)                # the step line: each promotion's head score
+    xs, ys = (x[kept], heads[kept]) if y0 is None else (np.insert(x[kept], 0, x0), np.insert(heads[kept], 0, y0))
     if len(xs):
         best = np.minimum.accumulate(ys)
         ax.step(np.append(xs, max(x[-1], xs[-1])), np.append(best, best[-1]), where="post", color=color,

@@ -152,6 +152,8 @@ def test_a_changed_config_on_an_existing_archive_is_refused_with_its_differences
     line = one_line(run_cli(["run", str(second)]))
     assert f"{second} differs from {tmp_path / 'archive' / 'config.yaml'}: " in line
     assert "budget.seconds: 8.0 -> 4.0, population.size: 4 -> 6;" in line and "max_trials" not in line
+    assert "a new score segment would start (budget.seconds)" in line
+    assert "read only when an archive is created, no effect here: population.size." in line
     assert "--accept-config-change" in line and f"popsearch resume {tmp_path / 'archive'}" in line
     assert archive_state(tmp_path / "archive") == before and hidden_leftovers(tmp_path) == []
 

@@ -167,6 +167,8 @@ def test_a_promoted_head_is_scored_by_its_confirmation_runs_as_the_driver_scores
             run_scores=json.dumps([1.80, 1.90, 1.94]), selection_runs=1, head_score=1.92)
     snap = snapshot(tmp_path / "confirmed")
     assert snap.head_scores["m0"] == pytest.approx(1.92)             # not the row's mean of all three runs
+    lines = {line.get_gid(): line for line in progress_figure(snap).axes[0].lines if line.get_gid()}
+    assert lines["best:m0"].get_ydata()[-1] == pytest.approx(1.92)  # the running best steps to the head score
     assert "±0.0716 (dof 3, 2 source(s))" in noise_band(snap)         # all three runs count for σ, and the seed's
 
 

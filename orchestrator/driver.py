@@ -19,7 +19,7 @@ from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, absorb_record, head_runs_wanted,
-                                     head_score, judge_job, ledger_row, margins, record_runs,
+                                     head_score, judge_job, ledger_row, margins, of_current_segment, record_runs,
                                      reference_runs_needed, rule_of, run_scores, source_hash, trial_number)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
@@ -456,7 +456,7 @@ class Driver:
         device kind is reused, else the one on any other kind."""
         if job.proposer in (BASELINE, REFERENCE) or job.runs:       # a head re-run is meant to train again
             return False
-        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash)
+        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash and of_current_segment(d))
         if not judged:
             return False
         device = slot["device_name"] if slot["device_name"] in judged else judged[0]

@@ -218,9 +218,10 @@ def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[list[fl
     same = scores.runs(head_hash, device)
     if same:
         return same, f"same device ({device})"
-    other, dev = scores.any_device_mean(head_hash)
-    if other is not None:
-        return scores.runs(head_hash, dev), f"cross-device ({dev}; no score on {device})"
+    other = sorted(dev for (h, dev), values in scores.by_source.items()
+                   if h == head_hash and values and of_current_segment(dev))      # never an earlier segment
+    if other:
+        return scores.runs(head_hash, other[0]), f"cross-device ({other[0]}; no score on {device})"
     return [], "no head score"
 
 

@@ -12,7 +12,8 @@ from orchestrator import config_change
 from orchestrator.config import Config, ConfigError, builtin_demo
 from orchestrator.driver import Driver
 from orchestrator.live import LiveBoard
-from orchestrator.population import REFERENCE, reference_runs_needed, source_hash
+from orchestrator.population import (REFERENCE, Scores, absorb_record, head_reference, head_score,
+                                     reference_runs_needed, source_hash)
 from orchestrator.proposers.base import Proposal
 from trainer.constants import apply_overrides
 
@@ -94,6 +95,8 @@ def test_a_score_change_starts_a_segment_whose_head_is_measured_again(tmp_path, 
     feed(d, 2.00, cfg.budget.seconds)
     feed(d, 2.02, cfg.budget.seconds)
     seed_hash = source_hash(d.archive.source(d.archive.heads()["m0"]))
+    worse = propose(d, MATRIX_LR=0.05)
+    feed(d, 2.5, cfg.budget.seconds)                  # clearly worse: discarded in segment 0
     d.archive.close()
 
     same = started(small(tmp_path))                   # the same config: nothing recorded, the seed runs count
@@ -107,12 +110,10 @@ def test_a_score_change_starts_a_segment_whose_head_is_measured_again(tmp_path, 
     budget = changed.budget.seconds
     d = started(changed)
     [entry] = config_change.history(d.archive_dir)
-    assert d.segment == 1 and entry["segment"] == 1 and entry["new_segment"] and entry["from_trial"] == 2
-    assert entry["changes"] == [{"key": f"{section}.{key}", "old": old, "new": value}]
+    assert d.segment == 1 and entry["segment"] == 1 and entry["new_segment"]
+    assert entry["changes"] == [{"key": f"{section}.{key}", "old": old, "new": value}] and entry["from_trial"] == 3
     assert reference_runs_needed(d.scores, seed_hash, "cpu-a", 2) == 2    # old runs are no reference here
-    head = d.archive.heads()["m0"]
-    src = apply_overrides(d.archive.source(head), {"MATRIX_LR": 0.03})
-    job = d.enqueue(Proposal(member="m0", parent_commit=head, source=src, proposer="mutate", message="lr"))
+    job = propose(d, MATRIX_LR=0.03)
     feed(d, 1.90, budget)                             # parked: the head has no runs in this segment yet
     ref = d.ready[0]
     assert ref.proposer == REFERENCE and ref.want_runs == 2 and job.trial_id not in rows(d).index
@@ -123,9 +124,27 @@ def test_a_score_change_starts_a_segment_whose_head_is_measured_again(tmp_path, 
     assert verdict.verdict == "discard" and verdict.head_runs == 2 and "same device (cpu-a)" in verdict.decided_by
     assert verdict.sigma_dof == 1                     # σ from this segment's head runs only, not the seed runs
     assert verdict.head_score is None or pd.isna(verdict.head_score)
-    assert sorted(table["segment"]) == [0, 0, 1, 1] and table.loc[ref.trial_id, "segment"] == 1
+    assert sorted(table["segment"]) == [0, 0, 0, 1, 1] and table.loc[ref.trial_id, "segment"] == 1
+    again = propose(d, MATRIX_LR=0.05)                # byte-identical to a trial of segment 0: trained again
+    assert again.hash == worse.hash and d.ready.pop() is again and d.try_reuse(again, SLOT) is False
     d.archive.close()
     assert config_change.current_segment(tmp_path / "archive") == 1
+
+
+def propose(d: Driver, **constants):
+    head = d.archive.heads()["m0"]
+    src = apply_overrides(d.archive.source(head), constants)
+    return d.enqueue(Proposal(member="m0", parent_commit=head, source=src, proposer="mutate", message=str(constants)))
+
+
+def test_a_head_scored_only_in_an_earlier_segment_is_no_reference():
+    scores = Scores()
+    absorb_record(scores, {"trial_id": "t1", "status": "ok", "val_bpb": 2.0, "device": "cpu", "segment": 0}, "h", 1)
+    assert head_reference(scores, "h", "cpu") == ([], "no head score")
+    assert head_score(scores, "h") == 2.0 and reference_runs_needed(scores, "h", "cpu", 3) == 3
+    absorb_record(scores, {"trial_id": "t2", "status": "ok", "val_bpb": 1.0, "device": "gpu", "segment": 1}, "h", 1)
+    assert head_reference(scores, "h", "cpu") == ([1.0], "cross-device (gpu; no score on cpu)")
+    assert head_score(scores, "h") == 1.0
 
 
 def rows(d: Driver) -> pd.DataFrame:

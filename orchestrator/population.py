@@ -185,12 +185,25 @@ def scores_of(records: list[dict], hash_of_trial: dict[str, str], current_segmen
     return scores
 
 
-def head_score(scores: Scores, head_hash: str) -> float | None:
-    """A head's score: the mean of its scoring runs on one device kind, of the current segment when it has
-    any there (the first kind by name), else of an earlier segment; None when nothing scored it."""
+def head_key(scores: Scores, head_hash: str) -> str | None:
+    """The device key whose runs score a head: the first kind by name of the current segment, else of an
+    earlier one; None when nothing scored it."""
     kinds = sorted(dev for (h, dev), values in scores.by_source.items() if h == head_hash and values)
     current = [dev for dev in kinds if of_current_segment(dev)]
-    return scores.mean(head_hash, (current or kinds)[0]) if kinds else None
+    return (current or kinds)[0] if kinds else None
+
+
+def head_score(scores: Scores, head_hash: str) -> float | None:
+    """A head's score: the mean of its scoring runs under head_key; None when nothing scored it."""
+    key = head_key(scores, head_hash)
+    return None if key is None else scores.mean(head_hash, key)
+
+
+def key_segment(device_key: str, current: int) -> int:
+    """The score segment of a Scores device key (see segment_device)."""
+    if of_current_segment(device_key):
+        return current
+    return int(device_key.rsplit(SEGMENT_MARK, 1)[1].rstrip("]"))
 
 
 def margins(scores: Scores, head_hash: str, rule: judge_verdict.Rule) -> dict:

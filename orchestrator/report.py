@@ -25,13 +25,13 @@ from orchestrator import config_change, ledger
 from orchestrator.archive import SHORT, Archive, LineageEntry, Pending, lock_holder
 from orchestrator.config import Config, from_dict
 from orchestrator.cost import cost_table
-from orchestrator.population import (BASELINE, Scores, head_score, margins, rule_of, run_scores, scores_of,
-                                     source_hash)
+from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, margins, rule_of,
+                                     run_scores, scores_of, source_hash)
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-LEADERBOARD_COLUMNS = ("member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions",
+LEADERBOARD_COLUMNS = ("member", "head", "head_val_bpb", "head_segment", "best_val_bpb", "trials", "promotions",
                        "last_improvement", "status", "forked_from")
 PNG_SIZE, PNG_DPI = (10, 5.5), 110
 CLIP_QUANTILE = 0.9          # the plot's top edge: this quantile plus its distance to the best (outliers sit on it)
@@ -56,6 +56,7 @@ class Snapshot(NamedTuple):
     rule: Rule | None = None             # the verdict rule of the archive's config.yaml
     segment: int = 0                     # the current score segment (config_change.py)
     config_history: list = []            # accepted config changes (ARCHIVE/config_history.jsonl)
+    head_segments: dict = {}             # member -> the score segment its head score comes from
 
 
 def baseline_scores(records: list[dict]) -> list[float]:
@@ -84,9 +85,11 @@ def snapshot(archive_dir) -> Snapshot:
     segment = config_change.current_segment(path)
     scores = scores_of(records, hash_of_trial, segment)
     trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
+    keys = {m: head_key(scores, h) for m, h in head_hashes.items()}
     return Snapshot(path, trials, heads, retired, lineage, pending, since,
                     {m: head_score(scores, h) for m, h in head_hashes.items()}, baseline_scores(records), imported,
-                    scores, head_hashes, archive_rule(path), segment, config_change.history(path))
+                    scores, head_hashes, archive_rule(path), segment, config_change.history(path),
+                    {m: key_segment(k, segment) for m, k in keys.items() if k is not None})
 
 
 def _iso(stamp) -> str:
@@ -134,6 +137,7 @@ def leaderboard(snap: Snapshot) -> pd.DataFrame:
         kept = mine[_kept(mine)]
         tip = snap.heads.get(member) or snap.retired.get(member, "")
         rows.append({"member": member, "head": tip[:SHORT], "head_val_bpb": snap.head_scores.get(member),
+                     "head_segment": snap.head_segments.get(member),
                      "best_val_bpb": mine.loc[mine["status"] == "ok", "val_bpb"].min(),
                      "trials": len(mine), "promotions": len(kept),
                      "last_improvement": _iso(kept["finished_at"].max()) if len(kept) else "",
@@ -142,7 +146,10 @@ def leaderboard(snap: Snapshot) -> pd.DataFrame:
     board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
     for column in ("head_val_bpb", "best_val_bpb"):
         board[column] = pd.to_numeric(board[column])
-    return board.sort_values(["head_val_bpb", "member"], na_position="last").reset_index(drop=True)
+    board["head_segment"] = board["head_segment"].astype("Int64")
+    earlier = board["head_segment"].notna() & board["head_segment"].ne(snap.segment)   # listed after this segment's
+    board = board.assign(_earlier=earlier).sort_values(["_earlier", "head_val_bpb", "member"], na_position="last")
+    return board.drop(columns="_earlier").reset_index(drop=True)
 
 
 def _colors(snap: Snapshot) -> dict[str, str]:
@@ -173,6 +180,8 @@ def _baseline_mean(snap: Snapshot) -> float | None:
 def best_head(snap: Snapshot) -> tuple[str, float, float | None] | None:
     """(member, val_bpb of its head, gain over the seed runs' mean) of the best-judged head; None if none is judged."""
     judged = {m: v for m, v in snap.head_scores.items() if v is not None and not pd.isna(v)}
+    current = {m: v for m, v in judged.items() if snap.head_segments.get(m, snap.segment) == snap.segment}
+    judged = current or judged                  # a head scored in an earlier segment is never compared with one now
     if not judged:
         return None
     member = min(judged, key=lambda m: (judged[m], m))
@@ -543,8 +552,10 @@ def status_text(archive_dir) -> str:
              f"({_counts(snap.trials)}), {int(_kept(snap.trials).sum())} promoted",
              f"seed: {_baseline_line(snap)}; margin {_margin_line(snap)}",
              f"noise: {noise_band(snap)}", f"{segment_line(snap)}", ""]
-    shown = board[["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status",
-                   "forked_from"]]
+    columns = ["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status", "forked_from"]
+    if snap.segment:                                   # which heads are scored in this segment, which not yet
+        columns.insert(3, "head_segment")
+    shown = board[columns]
     lines += [shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"), ""]
     lines.append(f"pending: {len(snap.pending)}" + (" (queued or running)" if snap.pending else ""))
     now = time.time()

@@ -18,7 +18,8 @@ from orchestrator import config_change, ledger
 from orchestrator.archive import Archive
 from orchestrator.config import Config, SelectionConfig
 from orchestrator.population import rule_of
-from orchestrator.report import noise_band, noise_margin, progress_figure, snapshot, status_text, write_report
+from orchestrator.report import (best_head, leaderboard, noise_band, noise_margin, progress_figure, snapshot,
+                                status_text, write_report)
 
 SEED = "LR = 0.01\n"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -173,99 +174,25 @@ def test_a_promoted_head_is_scored_by_its_confirmation_runs_as_the_driver_scores
 
 
 def test_a_new_segment_keeps_old_scores_apart_and_status_names_it(tmp_path):
-    with Archive.create(tmp_path / "segments", SEED, ["m0"]) as archive:
+    with Archive.create(tmp_path / "segments", SEED, ["m0", "m1"]) as archive:
         seed_runs(archive, [[2.0], [2.2]])
+        run(archive, "m1", "t2", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.5)
         path = archive.path
     old, new = Config(archive=str(path)), Config(archive=str(path))
     new.budget.seconds = 150.0
     (path / "config.yaml").write_text(json.dumps(old.to_dict()))
-    assert config_change.record(path, new, next_trial=2) == 1
+    assert config_change.record(path, new, next_trial=3) == 1
     snap = snapshot(path)
-    assert snap.head_scores["m0"] == pytest.approx(2.1)             # nothing in segment 1 yet: the old score shows
-    assert noise_margin(snap)[0] is None                            # ... but no margin: no head run in segment 1
+    assert snap.head_scores == pytest.approx({"m0": 2.1, "m1": 1.5})   # nothing in segment 1 yet: old scores show
+    assert snap.head_segments == {"m0": 0, "m1": 0} and noise_margin(snap)[0] is None   # no head run here yet
     with Archive.open(path) as archive:
         archive.segment = 1
-        run(archive, "m0", "r2", SEED, "reference", verdict="reference", val_bpb=1.55, run_scores="[1.5, 1.6]")
+        run(archive, "m0", "r3", SEED, "reference", verdict="reference", val_bpb=2.55, run_scores="[2.5, 2.6]")
     snap = snapshot(path)
-    assert snap.head_scores["m0"] == pytest.approx(1.55)
+    assert snap.head_scores == pytest.approx({"m0": 2.55, "m1": 1.5}) and snap.head_segments == {"m0": 1, "m1": 0}
+    assert best_head(snap)[:2] == ("m0", pytest.approx(2.55))        # never ranked against m1's old score
+    assert leaderboard(snap)["member"].tolist() == ["m0", "m1"]
     assert "[segment 0]" in noise_band(snap) and "device at 0 s: ±0.0707 (dof 1" in noise_band(snap)
     text = status_text(path)
-    assert "segment 1 since trial 2 (budget.seconds: 300.0 -> 150.0)" in text
-    assert ledger.read(path).set_index("trial_id")["segment"].to_dict() == {"b0": 0, "b1": 0, "r2": 1}
-
-
-def test_report_files(population):
-    population.close()
-    folder = write_report(population.path)
-    assert folder == population.path / "report"
-    board = pd.read_csv(folder / "leaderboard.tsv", sep="\t", keep_default_na=False)
-    assert board["member"].tolist() == ["delta", "alpha", "beta", "gamma"]
-    delta, alpha, beta, gamma = (board.set_index("member").loc[m] for m in ("delta", "alpha", "beta", "gamma"))
-    assert float(delta["best_val_bpb"]) == 1.35 and delta["forked_from"] == "alpha" and delta["promotions"] == 1
-    assert float(alpha["best_val_bpb"]) == 1.40 and alpha["trials"] == 3 and alpha["promotions"] == 2
-    assert gamma["status"] == "retired" and gamma["best_val_bpb"] == "" and gamma["trials"] == 1
-    assert alpha["head"] == population.heads()["alpha"][:10] and alpha["last_improvement"].endswith("Z")
-
-    png = (folder / "progress.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 15_000
-    assert b"members: alpha, beta, gamma, delta" in png
-
-    svg = (folder / "lineage.svg").read_text()
-    root = ET.fromstring(svg)
-    labels = [t.text for t in root.iter(f"{SVG}text")]
-    assert {"alpha", "beta", "gamma", "delta"} <= set(labels)
-    titles = [t.text for t in root.iter(f"{SVG}title")]
-    assert "delta forked from alpha" in titles and "gamma retired" in titles
-    dots = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "promotion"]
-    assert len(dots) == 4
-
-    summary = (folder / "summary.md").read_text()
-    for link in ("(leaderboard.tsv)", "(progress.png)", "(lineage.svg)"):
-        assert link in summary
-    assert "**delta** at val_bpb 1.3500" in summary and "crash 1" in summary
-
-
-def test_status_text(population):
-    text = status_text(population.path)
-    assert "driver: running (pid" in text                 # the fixture's archive holds the lock
-    assert "t7  beta  agent  still waiting" in text and "pending: 1" in text
-    assert "6 judged" in text and "4 promoted" in text and "ledger: 6 rows" in text
-    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
-    assert "1.3500" in lines["delta"] and "retired" in lines["gamma"]
-    population.close()
-    next(iter(ledger.ledger_files(population.path))).unlink()
-    assert "1 judged trials missing" in status_text(population.path)
-    assert "driver: not running" in status_text(population.path)
-
-
-def test_report_of_a_fresh_archive(tmp_path):
-    with Archive.create(tmp_path / "fresh", SEED, ["solo"]) as archive:
-        folder = write_report(archive.path)
-    assert (folder / "progress.png").stat().st_size > 5_000
-    assert "solo" in (folder / "lineage.svg").read_text()
-    assert pd.read_csv(folder / "leaderboard.tsv", sep="\t")["member"].tolist() == ["solo"]
-
-
-def test_cost_per_improvement_by_proposer_and_member(tmp_path):
-    """GPU-hours from each run's launch..judge_end, agent seconds and LLM tokens/cost, per promoted improvement."""
-    def stamps(*spans):
-        return json.dumps([{"launch": 1000.0, "judge_end": 1000.0 + s} for s in spans])
-    with Archive.create(tmp_path / "cost", SEED, ["m0", "m1"]) as archive:
-        run(archive, "m0", "t1", "LR = 0.02\n", "agent", True, verdict="promote", val_bpb=1.9,
-            timeline=stamps(1800, 1800), agent_seconds=120.0, agent_log="edited LR")
-        run(archive, "m1", "t2", "LR = 0.03\n", "endpoint", verdict="discard", val_bpb=2.0, timeline=stamps(3600),
-            agent_seconds=10.0, llm_prompt_tokens=9000, llm_completion_tokens=1000, llm_cost=0.05)
-        run(archive, "m1", "t3", "LR = 0.04\n", "endpoint", True, verdict="promote", val_bpb=1.8, total_seconds=7200.0,
-            agent_seconds=30.0, llm_prompt_tokens=11000, llm_completion_tokens=1000, llm_cost=0.07)
-        archive.reject("m0", archive.heads()["m0"], "t4", "agent", "agent proposal", "agent failed: exit 1",
-                       row={"agent_seconds": 900.0, "agent_log": "no credentials"})
-    folder = write_report(tmp_path / "cost")
-    table = pd.read_csv(folder / "cost.tsv", sep="\t")
-    by = table.set_index(table["proposer"].fillna(table["member"]))
-    assert by.loc["endpoint", "gpu_hours"] == pytest.approx(3.0) and by.loc["endpoint", "promoted"] == 1
-    assert by.loc["endpoint", "llm_tokens"] == 22000 and by.loc["endpoint", "llm_cost_per_improvement"] == pytest.approx(0.12)
-    assert by.loc["agent", "agent_seconds"] == 1020 and by.loc["agent", "gpu_hours_per_improvement"] == pytest.approx(1.0)
-    assert by.loc["m1", "gpu_hours_per_improvement"] == pytest.approx(3.0) and by.loc["m0", "trials"] == 2
-    summary = (folder / "summary.md").read_text()
-    assert "## Cost per improvement" in summary and "| endpoint | 2 | 1 | 3 | 40 | 2.2e+04 | 0.12 |" in summary
-    assert ledger.read(tmp_path / "cost").set_index("trial_id").loc["t4", "agent_log"] == "no credentials"
+    assert "segment 1 since trial 3 (budget.seconds: 300.0 -> 150.0)" in text and "head_segment" in text
+    assert ledger.read(path).set_index("trial_id")["segment"].to_dict() == {"b0": 0, "b1": 0, "t2": 0, "r3": 1}

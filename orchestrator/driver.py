@@ -128,7 +128,7 @@ class Driver:
                    source=self.archive.source(p.sha), proposer=p.proposer, message=p.message)
 
     def refresh_head_scores(self) -> None:
-        """Each member's head score: the mean of its head's runs (any device kind) known so far."""
+        """Each member's head score by population.head_score: its head's runs known so far, this segment first."""
         for name, sha in self.archive.heads().items():
             score = head_score(self.scores, source_hash(self.archive.source(sha)))
             st = self.states.setdefault(name, selection.MemberState(name=name))

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from orchestrator import config_change
-from orchestrator.config import Config, ConfigError, builtin_demo
-from orchestrator.driver import Driver
+from orchestrator.config import Config, ConfigError, builtin_demo, load
+from orchestrator.driver import Driver, save_config
 from orchestrator.live import LiveBoard
 from orchestrator.population import (REFERENCE, Scores, absorb_record, head_reference, head_score,
                                      reference_runs_needed, source_hash)
 from orchestrator.proposers.base import Proposal
 from trainer.constants import apply_overrides
 
+REPO = Path(__file__).resolve().parents[1]
 SLOT = {"slot": "a0", "device": "cpu", "device_name": "cpu-a", "speed": 1.0, "budget_factor": 1.0}
 
 
@@ -61,6 +63,14 @@ def test_check_refuses_with_one_line_unless_accepted(tmp_path):
     free.stop.max_trials, free.resources.cpu_slots = 3, 2
     assert config_change.check(free, archive, accept=False) == []
     assert sorted(p.name for p in archive.iterdir()) == ["config.yaml"]        # checking writes nothing
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "h100.yaml", "cluster.yaml"])
+def test_a_config_saved_by_a_driver_reads_back_without_differences(tmp_path, name):
+    cfg = load(REPO / "configs" / name)
+    save_config(cfg, tmp_path)                                 # what the driver writes into the archive
+    assert config_change.check(cfg, tmp_path, accept=False) == []
+    assert config_change.check(load(REPO / "configs" / name), tmp_path, accept=False) == []
 
 
 def small(tmp_path, **selection) -> Config:

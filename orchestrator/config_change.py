@@ -20,13 +20,14 @@ ACCEPT_FLAG = "--accept-config-change"
 FREE_KEYS = ("archive", "stop.", "resources.", "budget.startup_allowance", "budget.startup_floor",
              "budget.finish_allowance", "judge.timeout_seconds", "data.cache_dir", "data.download_workers",
              "data.download_retries")
-# Keys that change what a score means (the training budget, the data, the judge, a CPU trial's threads):
-# an accepted change starts a new segment, whose scores are never compared with the old ones.
-SCORE_KEYS = ("budget.", "judge.", "data.", "resources.threads_per_trial")
+# Keys that change what a score means (the training budget, the data, the judge, a CPU trial's threads), but
+# the free ones above: an accepted change starts a new segment, whose scores are never compared with the old.
+THREADS_KEY = "resources.threads_per_trial"
+SCORE_KEYS = ("budget.", "judge.", "data.", THREADS_KEY)
 # Read only when an archive is created (the members and their seed commit): on an existing archive they
 # change nothing (the refusal says so).
 CREATION_KEYS = ("population.size", "population.overrides", "population.seed_train_py")
-MISSING = "(unset)"
+MISSING = type("Missing", (), {"__repr__": lambda self: "(unset)"})()   # a key one of the two configs lacks
 
 
 class Change(NamedTuple):
@@ -39,10 +40,12 @@ class Change(NamedTuple):
 
 
 def _shown(value) -> str:
-    if value is MISSING:
-        return MISSING
-    return repr(value) if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) \
-        else str(value)
+    """A value as the refusal line shows it: strings quoted, lists as JSON, the rest as Python prints them."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return json.dumps(value)
+    return repr(value) if value is MISSING else str(value)
 
 
 def _matches(key: str, patterns) -> bool:
@@ -50,7 +53,7 @@ def _matches(key: str, patterns) -> bool:
 
 
 def is_free(key: str) -> bool:
-    return _matches(key, FREE_KEYS) and not _matches(key, ("resources.threads_per_trial",))
+    return _matches(key, FREE_KEYS) and key != THREADS_KEY
 
 
 def starts_segment(key: str) -> bool:
@@ -137,7 +140,12 @@ def history_entry(changes: list[Change], segment_before: int, next_trial: int, s
     new = any(starts_segment(c.key) for c in changes)
     return {"time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "from_trial": next_trial, "segment": segment_before + int(new), "new_segment": new,
-            "config": source, "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in changes]}
+            "config": source, "changes": [{"key": c.key, "old": _recorded(c.old), "new": _recorded(c.new)}
+                                          for c in changes]}
+
+
+def _recorded(value):
+    return None if value is MISSING else value
 
 
 def record(archive_dir, cfg: Config, next_trial: int) -> int:

@@ -32,6 +32,8 @@ def test_differences_are_listed_key_by_key():
     gated = config_change.needs_acceptance(changes)
     assert [c.key for c in gated] == ["budget.seconds", "population.overrides.DEPTH", "population.size"]
     assert [c.key for c in gated if config_change.starts_segment(c.key)] == ["budget.seconds"]
+    added = {str(c) for c in config_change.differences(Config().to_dict(), builtin_demo().to_dict())}
+    assert "population.overrides.COMPILE: (unset) -> False" in added and "stop.max_trials: 0 -> 16" in added
 
 
 @pytest.mark.parametrize("key, free, segment", [

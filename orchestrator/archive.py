@@ -626,9 +626,10 @@ class Archive:
         by_commit = {r["commit"]: r for r in (self.trial_records() if records is None else records)}
         return next((by_commit[sha] for sha in self._first_parent_chain(member) if sha in by_commit), None)
 
-    def trials_by_source(self) -> dict[str, list[str]]:
-        """{source_hash: [trial ids, by finish time]} to spot byte-identical candidates."""
-        records = self.trial_records()
+    def trials_by_source(self, records: list[dict] | None = None) -> dict[str, list[str]]:
+        """{source_hash: [trial ids, by finish time]} to spot byte-identical candidates (of `records`, else of
+        every trial record)."""
+        records = self.trial_records() if records is None else records
         if not records:
             return {}
         lines = "".join(f"{r['commit']}:{SOURCE_FILE}\n" for r in records)

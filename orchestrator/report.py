@@ -78,7 +78,7 @@ def snapshot(archive_dir) -> Snapshot:
         lineage += [LineageEntry(m, None, float("nan"), None) for m in sorted({*heads, *retired} - known)]
         pending = archive.pending()
         since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
-        hash_of_trial = {t: h for h, trials in archive.trials_by_source().items() for t in trials}
+        hash_of_trial = {t: h for h, trials in archive.trials_by_source(records).items() for t in trials}
         head_hashes = {m: source_hash(archive.source(sha)) for m, sha in {**retired, **heads}.items()}
         path = archive.path
         imported = archive.imported()

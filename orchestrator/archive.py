@@ -190,6 +190,7 @@ class Archive:
     def __init__(self, path, writer: bool = True):
         self.path = Path(path).resolve()
         self.writer = writer
+        self.segment = 0                 # the score segment stamped on every row recorded (the driver sets it)
         self.repo = _open_repo(self.path)
         try:
             self._lock = _acquire_lock(self.path) if writer else None
@@ -551,7 +552,7 @@ class Archive:
         the ledger row comes after (finish); repair writes rows missing from the ledger from Record trailers."""
         self._writable()
         pend = self._pending_of(trial_id)
-        full = completed_row(pend, row, promote)
+        full = {**completed_row(pend, row, promote), "segment": self.segment}
         head_before = self._promotion_base(pend, expect_head) if promote else None
         sha = self._judged_commit(pend, full, head_before)
         self._mark_judged(trial_id, sha)
@@ -625,9 +626,10 @@ class Archive:
         by_commit = {r["commit"]: r for r in (self.trial_records() if records is None else records)}
         return next((by_commit[sha] for sha in self._first_parent_chain(member) if sha in by_commit), None)
 
-    def trials_by_source(self) -> dict[str, list[str]]:
-        """{source_hash: [trial ids, by finish time]} to spot byte-identical candidates."""
-        records = self.trial_records()
+    def trials_by_source(self, records: list[dict] | None = None) -> dict[str, list[str]]:
+        """{source_hash: [trial ids, by finish time]} to spot byte-identical candidates (of `records`, else of
+        every trial record)."""
+        records = self.trial_records() if records is None else records
         if not records:
             return {}
         lines = "".join(f"{r['commit']}:{SOURCE_FILE}\n" for r in records)

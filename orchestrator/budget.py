@@ -3,7 +3,7 @@
 Pure functions; the actors report device speeds, these turn them into each trial's budget."""
 from __future__ import annotations
 
-from trainer import calibrate
+from trainer import budget_math
 from trainer.spec import TrialSpec
 
 STARTUP_MULTIPLE = 2.0       # allowance = this x the seed's measured start-up on the device ...
@@ -16,7 +16,7 @@ def reference_speed(configured: float, speeds: list[float]) -> float:
         return configured
     if not speeds:
         raise ValueError("no device speeds measured: cannot normalize budgets")
-    return calibrate.median_speed(speeds)
+    return budget_math.median_speed(speeds)
 
 
 def kind_speeds(infos: list[dict]) -> dict[str, float]:
@@ -25,10 +25,10 @@ def kind_speeds(infos: list[dict]) -> dict[str, float]:
     by_kind: dict[str, list[float]] = {}
     for info in infos:
         by_kind.setdefault(info["device_name"], []).append(float(info["speed"]))
-    return {kind: calibrate.median_speed(v) for kind, v in by_kind.items()}
+    return {kind: budget_math.median_speed(v) for kind, v in by_kind.items()}
 
 
-budget_factor = calibrate.budget_factor      # how much longer (>1) this device trains than the reference
+budget_factor = budget_math.budget_factor      # how much longer (>1) this device trains than the reference
 
 
 def startup_allowance(measured: list[float], floor: float) -> float:
@@ -37,7 +37,7 @@ def startup_allowance(measured: list[float], floor: float) -> float:
     Before any start-up was measured, the config's floor applies."""
     if not measured:
         return floor
-    return calibrate.startup_allowance(measured, STARTUP_MIN, STARTUP_MULTIPLE)
+    return budget_math.startup_allowance(measured, STARTUP_MIN, STARTUP_MULTIPLE)
 
 
 def overlap_on(setting: str, slot: dict) -> bool:
@@ -59,7 +59,7 @@ def trial_spec(cfg, job, slot: dict, data_dir: str, seed: int, startup: float, p
     b, j, r = cfg.budget, cfg.judge, cfg.resources
     seconds = b.seconds * slot["budget_factor"]
     if b.kind == "flops":               # the FLOPs are the budget; seconds only cap a very slow candidate
-        seconds = max(seconds, calibrate.flops_time_cap(b.flops, slot["speed"], slot["device"]))
+        seconds = max(seconds, budget_math.flops_time_cap(b.flops, slot["speed"], slot["device"]))
     return TrialSpec(
         trial_id=job.run_id(),
         source=job.source,

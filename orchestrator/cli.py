@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="YAML config (default: the built-in CPU demo)")
     r.add_argument("--archive", help="archive folder (overrides the config's archive)")
     r.add_argument("--max-trials", type=int, help="stop after this many finished trials in the archive")
+    r.add_argument("--accept-config-change", action="store_true",
+                   help="the archive exists and this config differs from its config.yaml: take the change "
+                        "(a change of budget.*, judge.* or data.* starts a new score segment)")
     r.set_defaults(func=cmd_run)
 
     ad = sub.add_parser("adopt", help="a single-GPU project (git checkout with results.tsv, or one train.py) as "
@@ -144,7 +147,7 @@ def config_with_overrides(args):
 
 
 def cmd_run(args) -> int:
-    return run_population(config_with_overrides(args))
+    return run_population(config_with_overrides(args), accept_change=args.accept_config_change)
 
 
 def cmd_adopt(args) -> int:
@@ -182,16 +185,20 @@ def cmd_resume(args) -> int:
     return run_population(cfg)
 
 
-def run_population(cfg) -> int:
+def run_population(cfg, accept_change: bool = False) -> int:
     """Check what the run needs, run it, write the report; a signal or a lost cluster ends it with one line
-    that says how to resume (pending trials stay in the archive)."""
+    that says how to resume (pending trials stay in the archive). On an existing archive a config that differs
+    from its config.yaml is refused unless accept_change (orchestrator/config_change.py)."""
     from orchestrator.config import seed_source
+    from orchestrator.config_change import check
     validate(cfg, where=cfg.source or "<config>")
     path = Path(cfg.archive).expanduser().resolve()
     if not is_archive(path):
         seed_source(cfg)                   # a seed that does not parse is refused before anything starts
     else:
         check_unlocked(path)               # told before the driver (and torch) is even imported
+        for change in check(cfg, path, accept_change):
+            print(f"config change accepted: {change}")
     from orchestrator.driver import ClusterLost, run
     try:
         archive = run(cfg)

@@ -3,6 +3,7 @@
 Every error names the file and the dotted key that is wrong; nothing starts on a bad config."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -22,11 +23,18 @@ YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML t
 RETIRED_KEYS = ("selection.margin", "selection.margin_std")
 
 # The built-in default (`popsearch run` with no config) is the CPU demo: the baseline train.py shrunk by
-# these overrides. configs/demo.yaml spells the same values out (a test keeps the two equal); a config file
-# that omits population.overrides trains the baseline as it is.
+# these overrides, short budgets and a few trials. configs/demo.yaml spells the same values out (a test keeps
+# the two equal); a config file that omits a key gets the dataclass default below, never a demo value.
 DEMO_OVERRIDES = {
     "DEPTH": 2, "MODEL_DIM": 64, "N_HEADS": 2, "SEQ_LEN": 64, "DEVICE_BATCH_SIZE": 8,
     "TOTAL_BATCH_SIZE": 512, "SHORT_WINDOW": 32, "COMPILE": False,
+}
+DEMO_SETTINGS = {
+    "population": {"overrides": DEMO_OVERRIDES},
+    "budget": {"seconds": 8.0, "startup_floor": 30.0, "finish_allowance": 30.0},
+    "judge": {"seq_len": 128, "eval_tokens": 16384},
+    "selection": {"patience": 2, "head_runs": 3, "confirm_head_runs": 4},
+    "stop": {"max_trials": 16},
 }
 
 
@@ -151,14 +159,12 @@ class Config:
     archive: str = "runs/demo"           # the population's git archive and ledger
     seed: int = 0                        # the driver's random seed (proposals, selection)
     population: PopulationConfig = field(default_factory=PopulationConfig)
-    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(seconds=8.0, startup_floor=30.0,
-                                                                      finish_allowance=30.0))
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(seq_len=128, eval_tokens=16384))
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     proposers: ProposerConfig = field(default_factory=ProposerConfig)
-    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(patience=2, head_runs=3,
-                                                                               confirm_head_runs=4))
-    stop: StopConfig = field(default_factory=lambda: StopConfig(max_trials=16))
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source: str = ""                     # the file this config came from (set by load)
 
@@ -196,8 +202,8 @@ def load(path: str | Path | None = None) -> Config:
 
 def builtin_demo() -> Config:
     """`popsearch run` with no config: the CPU demo (the same as configs/demo.yaml)."""
-    cfg = Config(source="<built-in demo>")
-    cfg.population.overrides = dict(DEMO_OVERRIDES)
+    cfg = from_dict(copy.deepcopy(DEMO_SETTINGS), where="<built-in demo>")
+    cfg.source = "<built-in demo>"
     validate(cfg, where=cfg.source)
     return cfg
 

@@ -13,16 +13,14 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
-from judge import verdict as judge_verdict
-from judge.noise import inflated
 from orchestrator import budget as budget_rules
-from orchestrator import selection
+from orchestrator import config_change, selection
 from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, judge_job, ledger_row,
-                                     record_runs, reference_runs_needed, rule_of, run_scores, source_hash,
-                                     trial_number)
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, absorb_record, head_runs_wanted,
+                                     head_score, judge_job, ledger_row, margins, of_current_segment, record_runs,
+                                     reference_runs_needed, rule_of, run_scores, source_hash, trial_number)
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 from orchestrator.proposers.brief import full_brief
@@ -46,6 +44,7 @@ class Driver:
         self.rng = random.Random(cfg.seed)
         self.archive_dir = Path(cfg.archive).expanduser().resolve()
         self.scores = Scores()
+        self.segment = 0                    # the score segment of this run's trials (set by open_archive)
         self.states: dict[str, selection.MemberState] = {}
         self.ready: deque[Job] = deque()
         self.in_flight: dict = {}           # ray ref -> (job, actor index)
@@ -77,6 +76,8 @@ class Driver:
             self.archive = Archive.create(self.archive_dir, seed_source(self.cfg), names,
                                           "seed: the baseline train.py" + self._override_note())
             self.say(f"created population of {len(names)} in {self.archive_dir}")
+        self.segment = self.archive.segment = config_change.record(
+            self.archive_dir, self.cfg, trial_number(self.archive.new_trial_id()))
         save_config(self.cfg, self.archive_dir)
 
     def _override_note(self) -> str:
@@ -105,24 +106,15 @@ class Driver:
             self.say(f"re-dispatching {len(self.ready)} trial(s) that were in flight")
 
     def _absorb_record(self, r: dict) -> None:
-        src = self.archive.source(r["commit"])
-        h = source_hash(src)
-        device = r.get("device") or ""
-        runs = run_scores(r)
-        if r.get("reused_from"):
-            runs = []
-        self.scores.trial_of.setdefault((h, device), r["trial_id"])
-        selected = r.get("selection_runs") if r.get("verdict") == "promote" else None
-        for i, v in enumerate(runs):        # a promotion is scored by its confirmation runs only
-            self.scores.add(h, device, {"status": "ok", "val_bpb": v, "budget_seconds": r.get("budget_seconds")},
-                            r["trial_id"], scores_it=not selected or i >= selected)
+        device = absorb_record(self.scores, r, source_hash(self.archive.source(r["commit"])), self.segment)
         if r.get("proposer") == REFERENCE:
             return
         if r.get("proposer") == BASELINE:
+            runs = [] if r.get("reused_from") else run_scores(r)
             if runs:
                 self.baseline.setdefault(device, []).extend(runs)
             if r.get("startup_seconds"):
-                self.scores.startups.setdefault(device, []).append(float(r["startup_seconds"]))
+                self.scores.startups.setdefault(r.get("device") or "", []).append(float(r["startup_seconds"]))
         else:
             self.candidates_finished += 1
             st = self.states.get(r["member"])
@@ -136,9 +128,9 @@ class Driver:
                    source=self.archive.source(p.sha), proposer=p.proposer, message=p.message)
 
     def refresh_head_scores(self) -> None:
-        """Each member's head score: the mean of its head's runs (any device kind) known so far."""
+        """Each member's head score by population.head_score: its head's runs known so far, this segment first."""
         for name, sha in self.archive.heads().items():
-            score, _ = self.scores.any_device_mean(source_hash(self.archive.source(sha)))
+            score = head_score(self.scores, source_hash(self.archive.source(sha)))
             st = self.states.setdefault(name, selection.MemberState(name=name))
             if score is not None:
                 st.head_score = score
@@ -372,13 +364,7 @@ class Driver:
     def margins_now(self, head_hash: str) -> dict:
         """{device kind: how far below the head one run must land for the selection test to clear it}, from
         the pooled σ (widened for its dof) and the head's runs there; kinds without a σ yet are left out."""
-        rule = rule_of(self.cfg.selection)
-        margins = {}
-        for (device, budget), noise in self.scores.noise_table().items():
-            sigma, runs = inflated(noise), len(self.scores.runs(head_hash, device))
-            if sigma and runs:
-                margins[device] = judge_verdict.sprt_margin(1, runs, sigma, rule)
-        return margins
+        return margins(self.scores, head_hash, rule_of(self.cfg.selection))
 
     def harvest_agents(self, ray) -> None:
         if not self.agent_refs:
@@ -470,7 +456,7 @@ class Driver:
         device kind is reused, else the one on any other kind."""
         if job.proposer in (BASELINE, REFERENCE) or job.runs:       # a head re-run is meant to train again
             return False
-        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash)
+        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash and of_current_segment(d))
         if not judged:
             return False
         device = slot["device_name"] if slot["device_name"] in judged else judged[0]

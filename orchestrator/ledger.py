@@ -81,6 +81,7 @@ SCHEMA = pa.schema([
     ("rule", pa.string()),              # the rule and its knobs
     ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
     ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs
+    ("segment", pa.int64()),            # score segment (ARCHIVE/config_history.jsonl); older rows read null = 0
 ])
 COLUMNS = tuple(SCHEMA.names)
 

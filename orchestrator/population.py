@@ -9,13 +9,14 @@ import time
 from dataclasses import dataclass, field
 
 from judge import verdict as judge_verdict
-from judge.noise import Noise, noise_by_key, pooled
+from judge.noise import Noise, inflated, noise_by_key, pooled
 from orchestrator.fingerprint import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
 REFERENCE = "reference"      # proposer name of head runs on a device kind (too few there to compare with)
 LOG_TAIL_CHARS = 2000        # of a crashed or timed-out trial's log kept in its ledger row
 TAIL_STATUSES = ("crash", "timeout")
+SEGMENT_MARK = " [segment "  # in the Scores device key of a run from an earlier score segment (segment_device)
 RUNS_PER_TRIAL = 1000        # seeds of trial k are k*1000 .. k*1000+999: no two runs ever share one
 
 
@@ -148,6 +149,75 @@ def run_scores(record: dict) -> list[float]:
     return [] if value is None or value != value else [float(value)]     # value != value: NaN from pandas
 
 
+def segment_device(device: str, segment, current: int) -> str:
+    """The device-kind key a recorded run is scored under: its device kind when it ran in the current score
+    segment (config_change.py); a run of another segment stays apart ('cpu [segment 0]'), so it is never the
+    reference of this one's candidates: the head is re-measured here, as on a new device kind."""
+    number = int(segment or 0)
+    return device if number == current else f"{device}{SEGMENT_MARK}{number}]"
+
+
+def of_current_segment(device_key: str) -> bool:
+    """Whether a Scores device key holds runs of the current segment (see segment_device)."""
+    return SEGMENT_MARK not in device_key
+
+
+def absorb_record(scores: Scores, record: dict, src_hash: str, current_segment: int = 0) -> str:
+    """A recorded trial's runs into the scores, as record_runs scored them live: a promotion by its
+    confirmation runs only, a reused result not at all; returns the device key they went under."""
+    device = segment_device(record.get("device") or "", record.get("segment"), current_segment)
+    runs = [] if record.get("reused_from") else run_scores(record)
+    scores.trial_of.setdefault((src_hash, device), record["trial_id"])
+    selected = record.get("selection_runs") if record.get("verdict") == "promote" else None
+    for i, value in enumerate(runs):
+        scores.add(src_hash, device, {"status": "ok", "val_bpb": value, "budget_seconds": record.get("budget_seconds")},
+                   record["trial_id"], scores_it=not selected or i >= selected)
+    return device
+
+
+def scores_of(records: list[dict], hash_of_trial: dict[str, str], current_segment: int = 0) -> Scores:
+    """The Scores that a driver's rebuild holds after these records (by finish time); hash_of_trial:
+    trial id -> source_hash of its train.py (records without one are skipped)."""
+    scores = Scores()
+    for record in sorted(records, key=lambda r: r.get("finished_at") or 0):
+        if record["trial_id"] in hash_of_trial:
+            absorb_record(scores, record, hash_of_trial[record["trial_id"]], current_segment)
+    return scores
+
+
+def head_key(scores: Scores, head_hash: str) -> str | None:
+    """The device key whose runs score a head: the first kind by name of the current segment, else of an
+    earlier one; None when nothing scored it."""
+    kinds = sorted(dev for (h, dev), values in scores.by_source.items() if h == head_hash and values)
+    current = [dev for dev in kinds if of_current_segment(dev)]
+    return (current or kinds)[0] if kinds else None
+
+
+def head_score(scores: Scores, head_hash: str) -> float | None:
+    """A head's score: the mean of its scoring runs under head_key; None when nothing scored it."""
+    key = head_key(scores, head_hash)
+    return None if key is None else scores.mean(head_hash, key)
+
+
+def key_segment(device_key: str, current: int) -> int:
+    """The score segment of a Scores device key (see segment_device)."""
+    if of_current_segment(device_key):
+        return current
+    return int(device_key.rsplit(SEGMENT_MARK, 1)[1].rstrip("]"))
+
+
+def margins(scores: Scores, head_hash: str, rule: judge_verdict.Rule) -> dict:
+    """{device kind: how far below the head one run must land for the selection test to clear it}, from the
+    pooled σ of each kind and budget (widened for its dof) and the head's runs there; kinds with no σ, and
+    earlier segments (never compared again), are left out."""
+    out = {}
+    for (device, _budget), noise in scores.noise_table().items():
+        sigma, runs = inflated(noise), len(scores.runs(head_hash, device))
+        if sigma and runs and of_current_segment(device):
+            out[device] = judge_verdict.sprt_margin(1, runs, sigma, rule)
+    return out
+
+
 def reference_runs_needed(scores: Scores, head_hash: str, device: str, head_runs: int) -> int:
     """Runs of the head to add on this device kind before a candidate is compared with it: up to
     `head_runs` there (see head_runs_wanted); 0 for a head never judged anywhere."""
@@ -161,9 +231,10 @@ def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[list[fl
     same = scores.runs(head_hash, device)
     if same:
         return same, f"same device ({device})"
-    other, dev = scores.any_device_mean(head_hash)
-    if other is not None:
-        return scores.runs(head_hash, dev), f"cross-device ({dev}; no score on {device})"
+    other = sorted(dev for (h, dev), values in scores.by_source.items()
+                   if h == head_hash and values and of_current_segment(dev))      # never an earlier segment
+    if other:
+        return scores.runs(head_hash, other[0]), f"cross-device ({other[0]}; no score on {device})"
     return [], "no head score"
 
 

@@ -1,6 +1,6 @@
 """Reports in ARCHIVE/report/ (leaderboard.tsv, progress.png, lineage.svg, summary.md) and `popsearch status` text.
 
-Everything is read from the archive's refs and trailers (the source of truth), never from a running driver."""
+Read from the archive's refs and trailers; head scores, margins and σ by the population's own rules (population.py)."""
 from __future__ import annotations
 
 import datetime
@@ -20,19 +20,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from orchestrator import ledger
-from orchestrator.archive import SEED_BRANCH, SHORT, Archive, LineageEntry, Pending, lock_holder
+from judge.verdict import Rule
+from orchestrator import config_change, ledger
+from orchestrator.archive import SHORT, Archive, LineageEntry, Pending, lock_holder
+from orchestrator.config import Config, from_dict
 from orchestrator.cost import cost_table
-from orchestrator.population import BASELINE, run_scores
+from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, margins, rule_of,
+                                     run_scores, scores_of, source_hash)
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-LEADERBOARD_COLUMNS = ("member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions",
+LEADERBOARD_COLUMNS = ("member", "head", "head_val_bpb", "head_segment", "best_val_bpb", "trials", "promotions",
                        "last_improvement", "status", "forked_from")
 PNG_SIZE, PNG_DPI = (10, 5.5), 110
 CLIP_QUANTILE = 0.9          # the plot's top edge: this quantile plus its distance to the best (outliers sit on it)
-MARGIN_STDS = 2.0            # the noise margin when no candidate recorded one: this many std of the seed runs
 SEED_COLOR, FAILED_COLOR = "black", "#d62728"
 SVG_WIDTH, SVG_LABEL_WIDTH, SVG_LANE, SVG_TOP, SVG_BOTTOM, SVG_RIGHT = 960, 130, 36, 40, 50, 30
 
@@ -46,27 +48,25 @@ class Snapshot(NamedTuple):
     lineage: list[LineageEntry]
     pending: list[Pending]
     pending_since: dict[str, float]      # trial id -> time the candidate was proposed
-    head_scores: dict[str, float | None]  # member -> val_bpb of its head as judged (see head_score)
+    head_scores: dict[str, float | None]  # member -> its head's score by population.head_score
     baseline: list[float]                # val_bpb of every run of the seed (proposer "baseline")
     imported: list = []                  # an adopted project's history (Archive.imported), never compared
+    scores: Scores | None = None         # the scores a driver's rebuild holds (population.scores_of)
+    head_hashes: dict = {}               # member -> source_hash of its head
+    rule: Rule | None = None             # the verdict rule of the archive's config.yaml
+    segment: int = 0                     # the current score segment (config_change.py)
+    config_history: list = []            # accepted config changes (ARCHIVE/config_history.jsonl)
+    head_segments: dict = {}             # member -> the score segment its head score comes from
 
 
 def baseline_scores(records: list[dict]) -> list[float]:
     return [v for r in records if r["proposer"] == BASELINE for v in run_scores(r)]
 
 
-def head_score(archive: Archive, sha: str, records: list[dict], baseline: list[float]) -> float | None:
-    """The head commit's own trial record; else the seed runs' mean when train.py is the seed's byte for byte;
-    else the mean of the ok trials with the head's tree; None when nothing judged it."""
-    own = next((r for r in records if r["commit"] == sha), None)
-    if own is not None:
-        return own["val_bpb"]
-    if baseline and archive.source(sha) == archive.source(SEED_BRANCH):
-        return statistics.fmean(baseline)
-    tree = archive.repo.commit(sha).tree.hexsha
-    same = [r["val_bpb"] for r in records if r["status"] == "ok" and r["val_bpb"] is not None
-            and archive.repo.commit(r["commit"]).tree.hexsha == tree]
-    return statistics.fmean(same) if same else None
+def archive_rule(archive_dir) -> Rule:
+    """The verdict rule of the archive's config.yaml (the defaults when it has none)."""
+    saved = config_change.saved_settings(archive_dir)
+    return rule_of((Config() if saved is None else from_dict(saved)).selection)
 
 
 def snapshot(archive_dir) -> Snapshot:
@@ -78,12 +78,18 @@ def snapshot(archive_dir) -> Snapshot:
         lineage += [LineageEntry(m, None, float("nan"), None) for m in sorted({*heads, *retired} - known)]
         pending = archive.pending()
         since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
-        baseline = baseline_scores(records)
-        scores = {m: head_score(archive, sha, records, baseline) for m, sha in {**retired, **heads}.items()}
+        hash_of_trial = {t: h for h, trials in archive.trials_by_source(records).items() for t in trials}
+        head_hashes = {m: source_hash(archive.source(sha)) for m, sha in {**retired, **heads}.items()}
         path = archive.path
         imported = archive.imported()
+    segment = config_change.current_segment(path)
+    scores = scores_of(records, hash_of_trial, segment)
     trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
-    return Snapshot(path, trials, heads, retired, lineage, pending, since, scores, baseline, imported)
+    keys = {m: head_key(scores, h) for m, h in head_hashes.items()}
+    return Snapshot(path, trials, heads, retired, lineage, pending, since,
+                    {m: head_score(scores, h) for m, h in head_hashes.items()}, baseline_scores(records), imported,
+                    scores, head_hashes, archive_rule(path), segment, config_change.history(path),
+                    {m: key_segment(k, segment) for m, k in keys.items() if k is not None})
 
 
 def _iso(stamp) -> str:
@@ -96,19 +102,29 @@ def _kept(trials: pd.DataFrame) -> pd.Series:
     return trials["promoted"].eq(True)
 
 
+def _as_head(trials: pd.DataFrame) -> pd.Series:
+    """Each row's score as a head, as the population scores a promotion: its confirmation runs' mean
+    (head_score) where the verdict recorded one, else its val_bpb."""
+    score = pd.to_numeric(trials["head_score"], errors="coerce")
+    return score.fillna(pd.to_numeric(trials["val_bpb"], errors="coerce"))
+
+
 def _seed_runs(trials: pd.DataFrame) -> pd.Series:
     return trials["proposer"].eq(BASELINE)
 
 
 def noise_margin(snap: Snapshot) -> tuple[float | None, str]:
-    """(margin, where from): the newest a candidate's verdict used, else MARGIN_STDS x std of the seed runs."""
-    used = snap.trials.loc[~_seed_runs(snap.trials), "margin"].dropna()
-    used = used[used > 0]
-    if len(used):
-        return float(used.iloc[-1]), "recorded by the verdicts"
-    if len(snap.baseline) >= 2:
-        return MARGIN_STDS * statistics.stdev(snap.baseline), f"{MARGIN_STDS:g} x std of the seed runs"
-    return None, "none yet"
+    """(margin, what it is): how far below the best head one run must land to clear the selection test, by
+    population.margins (the driver's own rule) on the head's device kind; None before any σ is known."""
+    best = best_head(snap)
+    if best is None or snap.scores is None:
+        return None, "none yet (no judged head)"
+    member = best[0]
+    by_kind = margins(snap.scores, snap.head_hashes[member], snap.rule or archive_rule(snap.path))
+    if not by_kind:
+        return None, "none yet (σ unknown: no train.py run twice)"
+    kind = sorted(by_kind)[0]
+    return by_kind[kind], f"one run below {member}'s head on {kind or 'its device'} clears the selection test"
 
 
 def leaderboard(snap: Snapshot) -> pd.DataFrame:
@@ -121,6 +137,7 @@ def leaderboard(snap: Snapshot) -> pd.DataFrame:
         kept = mine[_kept(mine)]
         tip = snap.heads.get(member) or snap.retired.get(member, "")
         rows.append({"member": member, "head": tip[:SHORT], "head_val_bpb": snap.head_scores.get(member),
+                     "head_segment": snap.head_segments.get(member),
                      "best_val_bpb": mine.loc[mine["status"] == "ok", "val_bpb"].min(),
                      "trials": len(mine), "promotions": len(kept),
                      "last_improvement": _iso(kept["finished_at"].max()) if len(kept) else "",
@@ -129,7 +146,10 @@ def leaderboard(snap: Snapshot) -> pd.DataFrame:
     board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
     for column in ("head_val_bpb", "best_val_bpb"):
         board[column] = pd.to_numeric(board[column])
-    return board.sort_values(["head_val_bpb", "member"], na_position="last").reset_index(drop=True)
+    board["head_segment"] = board["head_segment"].astype("Int64")
+    earlier = board["head_segment"].notna() & board["head_segment"].ne(snap.segment)   # listed after this segment's
+    board = board.assign(_earlier=earlier).sort_values(["_earlier", "head_val_bpb", "member"], na_position="last")
+    return board.drop(columns="_earlier").reset_index(drop=True)
 
 
 def _colors(snap: Snapshot) -> dict[str, str]:
@@ -160,6 +180,8 @@ def _baseline_mean(snap: Snapshot) -> float | None:
 def best_head(snap: Snapshot) -> tuple[str, float, float | None] | None:
     """(member, val_bpb of its head, gain over the seed runs' mean) of the best-judged head; None if none is judged."""
     judged = {m: v for m, v in snap.head_scores.items() if v is not None and not pd.isna(v)}
+    current = {m: v for m, v in judged.items() if snap.head_segments.get(m, snap.segment) == snap.segment}
+    judged = current or judged                  # a head scored in an earlier segment is never compared with one now
     if not judged:
         return None
     member = min(judged, key=lambda m: (judged[m], m))
@@ -172,7 +194,7 @@ def _score_at(snap: Snapshot, member: str, when: float) -> float | None:
     t = snap.trials
     kept = t[_kept(t) & t["member"].eq(member) & t["finished_at"].le(when)]
     if len(kept):
-        return float(kept["val_bpb"].iloc[-1])
+        return float(_as_head(kept).iloc[-1])
     entry = next((e for e in snap.lineage if e.member == member), None)
     if entry is not None and entry.forked_from and entry.created_at < when:
         return _score_at(snap, entry.forked_from, entry.created_at)
@@ -199,7 +221,8 @@ def _plot_member(ax, x, snap, good, entry, color, top) -> Line2D:
     ax.scatter(x[over], np.full(over.sum(), top), s=22, color=color, alpha=0.5, marker="^", clip_on=False)
     ax.scatter(x[kept], y[kept], s=80, color=color, edgecolors="black", linewidths=0.8, zorder=4)
     x0, y0 = _line_start(snap, entry)
-    xs, ys = (x[kept], y[kept]) if y0 is None else (np.insert(x[kept], 0, x0), np.insert(y[kept], 0, y0))
+    heads = _as_head(trials).to_numpy(dtype=float)                # the step line: each promotion's head score
+    xs, ys = (x[kept], heads[kept]) if y0 is None else (np.insert(x[kept], 0, x0), np.insert(heads[kept], 0, y0))
     if len(xs):
         best = np.minimum.accumulate(ys)
         ax.step(np.append(xs, max(x[-1], xs[-1])), np.append(best, best[-1]), where="post", color=color,
@@ -207,8 +230,8 @@ def _plot_member(ax, x, snap, good, entry, color, top) -> Line2D:
     return Line2D([], [], color=color, marker="o", linewidth=1.6, label=entry.member)
 
 
-def _plot_seed(ax, x, snap, good, margin) -> list:
-    """The seed runs as black x, their mean as a dashed line, and the noise margin as a band around it."""
+def _plot_seed(ax, x, snap, good) -> list:
+    """The seed runs as black x and their mean as a dashed line."""
     seed = good & _seed_runs(snap.trials).to_numpy()
     base = _baseline_mean(snap)
     if not seed.any() or base is None:
@@ -218,10 +241,16 @@ def _plot_seed(ax, x, snap, good, margin) -> list:
     ax.axhline(base, color=SEED_COLOR, linestyle="--", linewidth=1.0, zorder=3.5, gid="seed mean")
     handles = [Line2D([], [], color=SEED_COLOR, marker="x", linestyle="", label=f"seed runs ({seed.sum()})"),
                Line2D([], [], color=SEED_COLOR, linestyle="--", label=f"seed mean {base:.4f}")]
-    if margin:
-        ax.axhspan(base - margin, base + margin, color="grey", alpha=0.12, linewidth=0, zorder=1)
-        handles.append(Patch(color="grey", alpha=0.25, label=f"noise margin ±{margin:.4f}"))
     return handles
+
+
+def _plot_margin(ax, snap, margin) -> list:
+    """The selection margin as a band under the best head's score: where one run must land to clear the test."""
+    best = best_head(snap)
+    if not margin or best is None:
+        return []
+    ax.axhspan(best[1] - margin, best[1], color="grey", alpha=0.12, linewidth=0, zorder=1, gid="margin")
+    return [Patch(color="grey", alpha=0.25, label=f"selection margin {margin:.4f} under the best head")]
 
 
 def _plot_failed(ax, x, failed) -> list:
@@ -250,11 +279,11 @@ def _title(snap: Snapshot) -> str:
 def _plot_trials(ax, x, snap: Snapshot, good) -> list:
     """The judged trials: seed runs and band, then each member; returns the legend handles."""
     y = snap.trials["val_bpb"].to_numpy(dtype=float)
-    margin, base = noise_margin(snap)[0], _baseline_mean(snap)
-    band = [] if base is None else [base - (margin or 0.0), base + (margin or 0.0)]
+    margin, best = noise_margin(snap)[0], best_head(snap)
+    band = [] if best is None else [best[1] - (margin or 0.0), best[1]]
     bottom, top = _y_limits(np.concatenate([y[good], band]))
     ax.set_ylim(bottom, top)
-    seed = _plot_seed(ax, x, snap, good, margin)
+    seed = _plot_seed(ax, x, snap, good) + _plot_margin(ax, snap, margin)
     colors = _colors(snap)
     members = [_plot_member(ax, x, snap, good, e, colors[e.member], top) for e in snap.lineage]
     return members + seed + [
@@ -421,13 +450,26 @@ VERDICT_COLUMNS = ("trial_id", "member", "verdict", "val_bpb", "runs", "selectio
 
 
 def noise_band(snap: Snapshot) -> str:
-    """σ of one run as the newest verdict on each device kind measured it (pooled, with its dof)."""
-    trials = snap.trials
-    if "sigma" not in trials or not trials["sigma"].notna().any():
-        return "not recorded (an archive from before the sequential rule, or no verdict yet)"
-    newest = trials[trials["sigma"].notna()].sort_values("finished_at").groupby("device").tail(1)
-    return "; ".join(f"{r.device}: ±{r.sigma:.4f} (dof {int(r.sigma_dof)}, {r.budget_seconds:.0f} s budget)"
-                     for r in newest.itertuples())
+    """σ of one run on each device kind and budget, pooled over every train.py run more than once there: the
+    Scores.noise_table that the verdicts and margins use."""
+    table = {} if snap.scores is None else snap.scores.noise_table()
+    known = {key: n for key, n in sorted(table.items()) if n.sigma is not None}
+    if not known:
+        return "not measured yet (no train.py run twice)"
+    return "; ".join(f"{device or 'device'} at {budget:g} s: ±{n.sigma:.4f} (dof {n.dof}, {n.sources} source(s))"
+                     for (device, budget), n in known.items())
+
+
+def segment_line(snap: Snapshot) -> str:
+    """The current score segment and the accepted config changes that started it."""
+    if not snap.config_history:
+        return "segment 0 (the archive's config never changed)"
+    last = [e for e in snap.config_history if e.get("new_segment")]
+    if not last:
+        return f"segment 0; {len(snap.config_history)} accepted config change(s), none of what a score means"
+    changes = ", ".join(f"{c['key']}: {c['old']} -> {c['new']}" for c in last[-1]["changes"])
+    return (f"segment {snap.segment} since trial {last[-1].get('from_trial')} ({changes}); scores of earlier "
+            f"segments are never compared with it")
 
 
 def verdict_table(snap: Snapshot) -> str:
@@ -450,6 +492,7 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
              f"- seed baseline val_bpb: {_baseline_line(snap)}",
              f"- noise margin: {_margin_line(snap)}",
              f"- noise band: {noise_band(snap)}",
+             f"- score segment: {segment_line(snap)}",
              f"- best: {_best_line(snap)}",
              f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
              f"- pending (proposed, not judged): {len(snap.pending)}"]
@@ -507,9 +550,12 @@ def status_text(archive_dir) -> str:
     lines = [f"archive {snap.path}", f"driver: {'running (pid %d)' % pid if pid else 'not running'}",
              f"members: {len(snap.heads)} alive, {len(snap.retired)} retired; trials: {len(snap.trials)} judged "
              f"({_counts(snap.trials)}), {int(_kept(snap.trials).sum())} promoted",
-             f"seed: {_baseline_line(snap)}; margin {_margin_line(snap)}", ""]
-    shown = board[["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status",
-                   "forked_from"]]
+             f"seed: {_baseline_line(snap)}; margin {_margin_line(snap)}",
+             f"noise: {noise_band(snap)}", f"{segment_line(snap)}", ""]
+    columns = ["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status", "forked_from"]
+    if snap.segment:                                   # which heads are scored in this segment, which not yet
+        columns.insert(3, "head_segment")
+    shown = board[columns]
     lines += [shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"), ""]
     lines.append(f"pending: {len(snap.pending)}" + (" (queued or running)" if snap.pending else ""))
     now = time.time()

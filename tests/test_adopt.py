@@ -31,7 +31,7 @@ def config(tmp_path: Path, cache: Path, max_trials: int) -> Path:
            "budget": {"seconds": 2.0, "startup_floor": 60.0},
            "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
            "judge": {"seq_len": 64, "eval_tokens": 4096},
-           "selection": {"noise_seeds": 1},
+           "selection": {"noise_seeds": 1, "head_runs": 3, "confirm_head_runs": 4, "patience": 2},
            "stop": {"max_trials": max_trials},
            "resources": {"device": "cpu", "cpu_slots": 1}}
     path = tmp_path / "cfg.yaml"

@@ -128,3 +128,43 @@ def test_two_drivers_create_one_archive_at_the_same_instant(tmp_path):
         assert hidden_leftovers(tmp_path) == []
         with Archive.open(target, writer=False) as archive:
             assert sorted(archive.heads()) == ["m0", "m1"]
+
+
+def archive_state(folder: Path) -> dict:
+    """Every file under the archive (git objects and refs included) with its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def saved_archive(folder: Path, cfg) -> None:
+    """An archive as a driver leaves it: the seed and config.yaml (the config it ran with)."""
+    with Archive.create(folder, SEED.read_text(), ["m0", "m1", "m2", "m3"]):
+        pass
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def test_a_changed_config_on_an_existing_archive_is_refused_with_its_differences(tmp_path, cache_root):
+    from orchestrator.config import load
+    first = config(tmp_path, cache_root, budget={"seconds": 8.0}, population={"size": 4})
+    saved_archive(tmp_path / "archive", load(first))
+    before = archive_state(tmp_path / "archive")
+    second = config(tmp_path, cache_root, budget={"seconds": 4.0}, population={"size": 6}, stop={"max_trials": 9})
+    line = one_line(run_cli(["run", str(second)]))
+    assert f"{second} differs from {tmp_path / 'archive' / 'config.yaml'}: " in line
+    assert "budget.seconds: 8.0 -> 4.0, population.size: 4 -> 6;" in line and "max_trials" not in line
+    assert "a new score segment would start (budget.seconds)" in line
+    assert "read only when an archive is created, no effect here: population.size." in line
+    assert "--accept-config-change" in line and f"popsearch resume {tmp_path / 'archive'}" in line
+    assert archive_state(tmp_path / "archive") == before and hidden_leftovers(tmp_path) == []
+
+
+def test_the_builtin_demo_on_an_archive_made_by_another_config_is_refused(tmp_path, cache_root):
+    from orchestrator.config import builtin_demo
+    other = builtin_demo()
+    other.selection.alpha = 0.1
+    saved_archive(tmp_path / "runs" / "demo", other)
+    before = archive_state(tmp_path / "runs" / "demo")
+    line = one_line(run_cli(["run"], cwd=tmp_path))
+    assert "<built-in demo> differs from" in line and "selection.alpha: 0.1 -> 0.3." in line
+    assert "score segment" not in line                              # the rule changes, not what a score means
+    assert archive_state(tmp_path / "runs" / "demo") == before

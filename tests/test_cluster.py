@@ -91,7 +91,7 @@ def test_ray_job_submit_runs_a_population(tmp_path, ray_head, data_spec, cache_r
         "budget": {"seconds": 2.0, "startup_floor": 60.0},
         "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache_root)},
         "judge": {"seq_len": 64, "eval_tokens": 4096},
-        "selection": {"noise_seeds": 1},
+        "selection": {"noise_seeds": 1, "head_runs": 3, "confirm_head_runs": 4, "patience": 2},
         "stop": {"max_trials": 3},
         "resources": {"device": "cpu", "cpu_slots": 2},
     }

@@ -173,3 +173,15 @@ def test_a_missing_local_corpus_is_a_config_error(tmp_path):
 def test_verdict_rule_knobs_are_range_checked(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(write(tmp_path, text))
+
+
+def test_a_config_that_omits_a_section_gets_its_dataclass_defaults_not_the_demos(tmp_path):
+    from judge.spec import JudgeConfig
+    from orchestrator.config import SelectionConfig, StopConfig
+    from trainer.spec import BudgetConfig
+    cfg = load(write(tmp_path, "population:\n  size: 3\n"))
+    assert (cfg.budget, cfg.judge, cfg.selection, cfg.stop) == (BudgetConfig(), JudgeConfig(), SelectionConfig(),
+                                                                 StopConfig())
+    assert cfg.budget.seconds == 300.0 and cfg.stop.max_trials == 0 and cfg.selection.head_runs == 4
+    demo = builtin_demo()                                # the demo's short values stay in the demo
+    assert (demo.budget.seconds, demo.stop.max_trials, demo.selection.head_runs, demo.judge.seq_len) == (8.0, 16, 3, 128)

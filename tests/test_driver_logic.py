@@ -29,6 +29,7 @@ def driver(tmp_path):
     cfg.selection.confirm_runs = 1
     cfg.selection.confirm_head_runs = 2   # nor before a confirmation
     cfg.selection.cull_every = 0
+    cfg.stop.max_trials = 16              # Config() sets no limit; budget_left counts down from this
     d = Driver(cfg, out=io.StringIO())
     d.open_archive()
     d.rebuild()

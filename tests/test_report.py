@@ -12,9 +12,14 @@ import xml.etree.ElementTree as ET
 import pandas as pd
 import pytest
 
-from orchestrator import ledger
+from judge.noise import Noise, inflated
+from judge.verdict import sprt_margin
+from orchestrator import config_change, ledger
 from orchestrator.archive import Archive
-from orchestrator.report import noise_margin, progress_figure, snapshot, status_text, write_report
+from orchestrator.config import Config, SelectionConfig
+from orchestrator.population import rule_of
+from orchestrator.report import (best_head, leaderboard, noise_band, noise_margin, progress_figure, snapshot,
+                                status_text, write_report)
 
 SEED = "LR = 0.01\n"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -54,6 +59,15 @@ def seed_runs(archive, runs):
 
 
 BASELINE_RUNS = [[2.0], [2.2], [2.1, 2.3]]     # mean of the runs 2.15; mean of the rows would be 2.1333
+SEED_SIGMA = statistics.stdev([2.0, 2.2, 2.1, 2.3])      # the only train.py run more than once: dof 3
+
+
+def margin_of(sigma: float, dof: int, head_runs: int, selection=None) -> float:
+    """The selection margin by the verdict's own formula: one run against `head_runs` runs of the head."""
+    return sprt_margin(1, head_runs, inflated(Noise(sigma, dof, 1)), rule_of(selection or SelectionConfig()))
+
+
+SEEDED_MARGIN = margin_of(SEED_SIGMA, 3, 1)                # the best head (m3) has one run
 
 
 @pytest.fixture
@@ -81,13 +95,15 @@ def test_heads_at_the_seed_score_the_seed_runs(seeded):
     assert board.loc["m3", "forked_from"] == "m1" and board.loc["m3", "promotions"] == 1
     lines = {line.split()[0]: line.split() for line in status_text(seeded).splitlines() if line.strip()}
     assert lines["m0"][2] == "2.1500" and lines["m2"][2:4] == ["2.1500", "1.8500"]
-    assert "seed: 2.1500 ± 0.1291 (mean ± std of 4 runs); margin 0.1000" in status_text(seeded)
+    assert f"seed: 2.1500 ± 0.1291 (mean ± std of 4 runs); margin {SEEDED_MARGIN:.4f}" in status_text(seeded)
+    assert "noise: device at 0 s: ±0.1291 (dof 3, 1 source(s))" in status_text(seeded)
 
 
 def test_summary_has_baseline_margin_gain_and_counts(seeded):
     summary = (write_report(seeded) / "summary.md").read_text()
     assert "- seed baseline val_bpb: 2.1500 ± 0.1291 (mean ± std of 4 runs)" in summary
-    assert "- noise margin: 0.1000 (recorded by the verdicts)" in summary
+    assert (f"- noise margin: {SEEDED_MARGIN:.4f} (one run below m3's head on its device clears the selection "
+            "test)") in summary
     assert "**m3** at val_bpb 1.7000" in summary and "gain +0.4500 (+20.93%) over the seed" in summary
     assert "(ok 7, crash 1, invalid 1)" in summary
     assert "- by proposer: mutate 4, baseline 3, agent 1, inbox 1" in summary
@@ -100,7 +116,8 @@ def test_progress_plot_marks_seed_runs_band_and_running_bests(seeded):
                               "best val_bpb 1.7000 (m3), gain +0.4500 (+20.9%) over the seed")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[:4] == ["m0", "m1", "m2", "m3"]
-    for label in ("seed runs (3)", "seed mean 2.1500", "noise margin ±0.1000", "promoted", "discarded", "failed (2)"):
+    for label in ("seed runs (3)", "seed mean 2.1500", f"selection margin {SEEDED_MARGIN:.4f} under the best head",
+                  "promoted", "discarded", "failed (2)"):
         assert label in labels
     lines = {line.get_gid(): line for line in ax.lines if line.get_gid()}
     assert lines["seed mean"].get_ydata()[0] == pytest.approx(2.15)
@@ -111,7 +128,7 @@ def test_progress_plot_marks_seed_runs_band_and_running_bests(seeded):
     m3 = lines["best:m3"].get_xydata()                             # starts where it forked, from m1's head
     assert m3[0] == pytest.approx([7, 1.90]) and m3[-1][1] == 1.70
     bottom, top = ax.get_ylim()
-    assert bottom < 2.05 and top > 2.25                            # the whole band is in view
+    assert bottom < 1.70 - SEEDED_MARGIN and top > 2.2              # the whole band is in view
 
 
 def test_head_off_the_seed_without_a_record_scores_its_tree(tmp_path):
@@ -126,89 +143,56 @@ def test_head_off_the_seed_without_a_record_scores_its_tree(tmp_path):
     assert snap.head_scores == pytest.approx({"a": 1.7, "m0": 2.2})
 
 
-def test_margin_falls_back_to_the_seed_spread(tmp_path):
+def test_the_margin_of_a_fresh_seed_is_the_selection_tests_under_the_archives_rule(tmp_path):
     with Archive.create(tmp_path / "fresh-seed", SEED, ["m0"]) as archive:
         seed_runs(archive, [[2.0], [2.4]])
         folder = write_report(archive.path)
+    expected = margin_of(statistics.stdev([2.0, 2.4]), 1, 2)          # σ of the two seed runs, both the head's
     margin, source = noise_margin(snapshot(archive.path))
-    assert margin == pytest.approx(2 * statistics.stdev([2.0, 2.4])) and source == "2 x std of the seed runs"
+    assert margin == pytest.approx(expected) and source.startswith("one run below m0's head")
     summary = (folder / "summary.md").read_text()
-    assert "- noise margin: 0.5657 (2 x std of the seed runs)" in summary
+    assert f"- noise margin: {expected:.4f} (one run below m0's head" in summary
     assert "**m0** at val_bpb 2.2000" in summary and "gain +0.0000" in summary
+    strict = Config()
+    strict.selection.alpha = 0.05                                       # the archive's own rule is read
+    (archive.path / "config.yaml").write_text(json.dumps(strict.to_dict()))
+    margin = noise_margin(snapshot(archive.path))[0]
+    assert margin == pytest.approx(margin_of(statistics.stdev([2.0, 2.4]), 1, 2, strict.selection))
+    assert margin > expected
 
 
-def test_report_files(population):
-    population.close()
-    folder = write_report(population.path)
-    assert folder == population.path / "report"
-    board = pd.read_csv(folder / "leaderboard.tsv", sep="\t", keep_default_na=False)
-    assert board["member"].tolist() == ["delta", "alpha", "beta", "gamma"]
-    delta, alpha, beta, gamma = (board.set_index("member").loc[m] for m in ("delta", "alpha", "beta", "gamma"))
-    assert float(delta["best_val_bpb"]) == 1.35 and delta["forked_from"] == "alpha" and delta["promotions"] == 1
-    assert float(alpha["best_val_bpb"]) == 1.40 and alpha["trials"] == 3 and alpha["promotions"] == 2
-    assert gamma["status"] == "retired" and gamma["best_val_bpb"] == "" and gamma["trials"] == 1
-    assert alpha["head"] == population.heads()["alpha"][:10] and alpha["last_improvement"].endswith("Z")
-
-    png = (folder / "progress.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 15_000
-    assert b"members: alpha, beta, gamma, delta" in png
-
-    svg = (folder / "lineage.svg").read_text()
-    root = ET.fromstring(svg)
-    labels = [t.text for t in root.iter(f"{SVG}text")]
-    assert {"alpha", "beta", "gamma", "delta"} <= set(labels)
-    titles = [t.text for t in root.iter(f"{SVG}title")]
-    assert "delta forked from alpha" in titles and "gamma retired" in titles
-    dots = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "promotion"]
-    assert len(dots) == 4
-
-    summary = (folder / "summary.md").read_text()
-    for link in ("(leaderboard.tsv)", "(progress.png)", "(lineage.svg)"):
-        assert link in summary
-    assert "**delta** at val_bpb 1.3500" in summary and "crash 1" in summary
+def test_a_promoted_head_is_scored_by_its_confirmation_runs_as_the_driver_scores_it(tmp_path):
+    with Archive.create(tmp_path / "confirmed", SEED, ["m0"]) as archive:
+        seed_runs(archive, [[2.0], [2.1]])
+        run(archive, "m0", "t1", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.88,
+            run_scores=json.dumps([1.80, 1.90, 1.94]), selection_runs=1, head_score=1.92)
+    snap = snapshot(tmp_path / "confirmed")
+    assert snap.head_scores["m0"] == pytest.approx(1.92)             # not the row's mean of all three runs
+    lines = {line.get_gid(): line for line in progress_figure(snap).axes[0].lines if line.get_gid()}
+    assert lines["best:m0"].get_ydata()[-1] == pytest.approx(1.92)  # the running best steps to the head score
+    assert "±0.0716 (dof 3, 2 source(s))" in noise_band(snap)         # all three runs count for σ, and the seed's
 
 
-def test_status_text(population):
-    text = status_text(population.path)
-    assert "driver: running (pid" in text                 # the fixture's archive holds the lock
-    assert "t7  beta  agent  still waiting" in text and "pending: 1" in text
-    assert "6 judged" in text and "4 promoted" in text and "ledger: 6 rows" in text
-    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
-    assert "1.3500" in lines["delta"] and "retired" in lines["gamma"]
-    population.close()
-    next(iter(ledger.ledger_files(population.path))).unlink()
-    assert "1 judged trials missing" in status_text(population.path)
-    assert "driver: not running" in status_text(population.path)
-
-
-def test_report_of_a_fresh_archive(tmp_path):
-    with Archive.create(tmp_path / "fresh", SEED, ["solo"]) as archive:
-        folder = write_report(archive.path)
-    assert (folder / "progress.png").stat().st_size > 5_000
-    assert "solo" in (folder / "lineage.svg").read_text()
-    assert pd.read_csv(folder / "leaderboard.tsv", sep="\t")["member"].tolist() == ["solo"]
-
-
-def test_cost_per_improvement_by_proposer_and_member(tmp_path):
-    """GPU-hours from each run's launch..judge_end, agent seconds and LLM tokens/cost, per promoted improvement."""
-    def stamps(*spans):
-        return json.dumps([{"launch": 1000.0, "judge_end": 1000.0 + s} for s in spans])
-    with Archive.create(tmp_path / "cost", SEED, ["m0", "m1"]) as archive:
-        run(archive, "m0", "t1", "LR = 0.02\n", "agent", True, verdict="promote", val_bpb=1.9,
-            timeline=stamps(1800, 1800), agent_seconds=120.0, agent_log="edited LR")
-        run(archive, "m1", "t2", "LR = 0.03\n", "endpoint", verdict="discard", val_bpb=2.0, timeline=stamps(3600),
-            agent_seconds=10.0, llm_prompt_tokens=9000, llm_completion_tokens=1000, llm_cost=0.05)
-        run(archive, "m1", "t3", "LR = 0.04\n", "endpoint", True, verdict="promote", val_bpb=1.8, total_seconds=7200.0,
-            agent_seconds=30.0, llm_prompt_tokens=11000, llm_completion_tokens=1000, llm_cost=0.07)
-        archive.reject("m0", archive.heads()["m0"], "t4", "agent", "agent proposal", "agent failed: exit 1",
-                       row={"agent_seconds": 900.0, "agent_log": "no credentials"})
-    folder = write_report(tmp_path / "cost")
-    table = pd.read_csv(folder / "cost.tsv", sep="\t")
-    by = table.set_index(table["proposer"].fillna(table["member"]))
-    assert by.loc["endpoint", "gpu_hours"] == pytest.approx(3.0) and by.loc["endpoint", "promoted"] == 1
-    assert by.loc["endpoint", "llm_tokens"] == 22000 and by.loc["endpoint", "llm_cost_per_improvement"] == pytest.approx(0.12)
-    assert by.loc["agent", "agent_seconds"] == 1020 and by.loc["agent", "gpu_hours_per_improvement"] == pytest.approx(1.0)
-    assert by.loc["m1", "gpu_hours_per_improvement"] == pytest.approx(3.0) and by.loc["m0", "trials"] == 2
-    summary = (folder / "summary.md").read_text()
-    assert "## Cost per improvement" in summary and "| endpoint | 2 | 1 | 3 | 40 | 2.2e+04 | 0.12 |" in summary
-    assert ledger.read(tmp_path / "cost").set_index("trial_id").loc["t4", "agent_log"] == "no credentials"
+def test_a_new_segment_keeps_old_scores_apart_and_status_names_it(tmp_path):
+    with Archive.create(tmp_path / "segments", SEED, ["m0", "m1"]) as archive:
+        seed_runs(archive, [[2.0], [2.2]])
+        run(archive, "m1", "t2", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.5)
+        path = archive.path
+    old, new = Config(archive=str(path)), Config(archive=str(path))
+    new.budget.seconds = 150.0
+    (path / "config.yaml").write_text(json.dumps(old.to_dict()))
+    assert config_change.record(path, new, next_trial=3) == 1
+    snap = snapshot(path)
+    assert snap.head_scores == pytest.approx({"m0": 2.1, "m1": 1.5})   # nothing in segment 1 yet: old scores show
+    assert snap.head_segments == {"m0": 0, "m1": 0} and noise_margin(snap)[0] is None   # no head run here yet
+    with Archive.open(path) as archive:
+        archive.segment = 1
+        run(archive, "m0", "r3", SEED, "reference", verdict="reference", val_bpb=2.55, run_scores="[2.5, 2.6]")
+    snap = snapshot(path)
+    assert snap.head_scores == pytest.approx({"m0": 2.55, "m1": 1.5}) and snap.head_segments == {"m0": 1, "m1": 0}
+    assert best_head(snap)[:2] == ("m0", pytest.approx(2.55))        # never ranked against m1's old score
+    assert leaderboard(snap)["member"].tolist() == ["m0", "m1"]
+    assert "[segment 0]" in noise_band(snap) and "device at 0 s: ±0.0707 (dof 1" in noise_band(snap)
+    text = status_text(path)
+    assert "segment 1 since trial 3 (budget.seconds: 300.0 -> 150.0)" in text and "head_segment" in text
+    assert ledger.read(path).set_index("trial_id")["segment"].to_dict() == {"b0": 0, "b1": 0, "t2": 0, "r3": 1}

@@ -4,8 +4,6 @@ Dense weights cost 6 FLOPs per weight per token (embedding tables excluded: a lo
 costs 12 FLOPs per query channel per key it sees, each layer counted with its own window."""
 from __future__ import annotations
 
-import torch
-
 FLOPS_PER_PARAM_TOKEN = 6          # forward (2) + backward (4) FLOPs per dense weight per token
 ATTENTION_FLOPS = 12               # QK^T and AV, 2 FLOPs each per channel and key, x3 for the backward
 # Dense bf16 peak FLOP/s by device name (first match wins: more specific names first).
@@ -13,7 +11,9 @@ PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100"
 
 
 def matrix_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in matmuls: all of them but the weights of nn.Embedding tables (each once)."""
+    """Parameters that take part in matmuls: all of them but the weights of nn.Embedding tables (each once).
+    torch is imported here, not at the top: the budget arithmetic imports this module's formula without it."""
+    import torch
     tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     seen, total = set(), 0
     for p in model.parameters():

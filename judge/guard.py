@@ -15,6 +15,8 @@ import sys
 import types
 import _thread
 
+from judge.spec import KERNEL_ENV
+
 
 VIOLATION_PREFIX = "POPSEARCH-VIOLATION: "
 VIOLATION_EXIT = 86                  # exit status of a trial process that broke the rules
@@ -289,6 +291,8 @@ def _event_checks(policy: dict, resolve, violations_fd) -> dict:
     put("object.__setattr__", _setattr_check)
     put("object.__delattr__", _setattr_check)
     put("import", _import_check(policy, resolve))
+    put("os.putenv", _pinned_env_check)
+    put("os.unsetenv", _pinned_env_check)
     put("exec", _exec_check(policy, resolve))
     return checks
 
@@ -449,6 +453,14 @@ def _setattr_check(args, direct):
         return f"changes {name} of an object of {module}"
     if direct and code_attr:
         return f"replaces {name} of a function from the candidate's code"
+    return None
+
+
+def _pinned_env_check(args, direct):
+    """Where kernel code is found (KERNEL_ENV) stays as the bootstrap left it."""
+    name = args[0].decode("utf-8", "replace") if type(args[0]) is bytes else str(args[0])
+    if name in KERNEL_ENV:
+        return f"changes {name} (where kernel code is loaded from is fixed before the candidate runs)"
     return None
 
 

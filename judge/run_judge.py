@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from judge.processes import end_group, spawn_group
 from judge.spec import JudgeConfig
 
 OUTPUT_TAIL_BYTES = 4000          # judge subprocess output kept as the reason of a crash
@@ -63,9 +63,10 @@ def _child_env(env) -> dict:
 
 
 def _run_group(cmd, cwd, env, nonce: str, limit: float):
-    """(exit code or None on timeout, tail of the output); the whole process group is killed at the end."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    """(exit code or None on timeout, tail of the output); the whole process group is killed at the end, and
+    it dies with this thread (judge/processes.py)."""
+    proc = spawn_group(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
     tail = bytearray()
     reader = threading.Thread(target=_keep_tail, args=(proc.stdout, tail), daemon=True)
     reader.start()
@@ -76,9 +77,7 @@ def _run_group(cmd, cwd, env, nonce: str, limit: float):
         code = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         code = None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    end_group(proc)
     reader.join(timeout=5.0)
     return code, tail.decode(errors="replace").strip()
 

@@ -15,6 +15,11 @@ from pathlib import Path
 ENV_CACHE = "POPSEARCH_CACHE"
 ENV_TRAIN_DIR = "POPSEARCH_TRAIN_DIR"
 ENV_WEIGHTS = "POPSEARCH_WEIGHTS"
+ENV_KERNEL_DIR = "POPSEARCH_KERNEL_DIR"          # a local FA3 kernel repo (build/<variant>/...), no hub needed
+# Where the `kernels` package (and trainer.attention) find kernel code: fixed before a candidate's code runs,
+# so that a candidate cannot point them at files it wrote (judge/guard.py refuses changing them).
+KERNEL_ENV = ("LOCAL_KERNELS", "KERNELS_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT",
+              ENV_KERNEL_DIR)
 DATA_FORMAT = 1          # bump when extraction, cleaning or the token cache layout changes
 
 

@@ -101,3 +101,22 @@ def test_throttled_worker_measures_slower_and_gets_a_longer_budget():
     assert C.flops_time_cap(flops, slow, "cpu") == pytest.approx(factor * C.flops_time_cap(flops, fast, "cpu"))
     # the cluster median of {reference, slow, slow} is the slow speed: then the slow device's factor is 1
     assert C.budget_factor(C.median_speed([fast, slow, slow]), slow) == 1.0
+
+
+def test_a_nodes_speed_is_measured_once_then_read_from_the_cache(tmp_path):
+    """The first actor of a node measures; later ones (and later runs) read CACHE/calibration; another
+    key (threads, device) measures again; an unreadable record is measured again and replaced."""
+    calls = []
+
+    def measure(value):
+        return lambda: calls.append(value) or value
+
+    assert C.cached_speed(tmp_path, "cpu", "cpu", 1, measure(7.5)) == (7.5, False)
+    assert C.cached_speed(tmp_path, "cpu", "cpu", 1, measure(99.0)) == (7.5, True)
+    assert C.cached_speed(tmp_path, "cpu", "cpu", 2, measure(4.0)) == (4.0, False)
+    [record] = (tmp_path / C.CALIBRATION_FOLDER).glob(f"*{C.calibration_key('cpu', 'cpu', 1)[-16:]}.json")
+    record.write_text("{not json")
+    assert C.cached_speed(tmp_path, "cpu", "cpu", 1, measure(8.0)) == (8.0, False)
+    assert calls == [7.5, 4.0, 8.0]
+    assert C.calibration_key("cpu", "cpu", 1) != C.calibration_key("cuda", "NVIDIA H200", 1)
+    assert not list((tmp_path / C.CALIBRATION_FOLDER).glob("*.part"))

@@ -1,5 +1,5 @@
 """A real three-node Ray cluster on this machine (a head without CPUs, two one-CPU workers): a worker's raylet
-killed mid-trial, the node back; `ray job stop` of a submitted run, then the same config submitted again.
+killed mid-trial, the node back; `ray job submit` of a population, `ray job stop`, the same config submitted again.
 
 The test starts and stops only its own cluster (its temp dir and ports, its processes by PID), never `ray stop`."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_OVERRIDES
-from test_cluster import free_port, pids_using, stop_own_ray
+from own_ray import free_port, pids_using, stop_own_ray
 
 from orchestrator.archive import Archive
 
@@ -225,8 +225,9 @@ def submit(cluster: LocalCluster, workdir: Path) -> str:
 
 
 def test_ray_job_stop_then_submit_again_resumes(cluster, tmp_path, cache_root, data_spec):
-    """`ray job stop` (SIGTERM to the driver) leaves the archive resumable; the same config submitted again
-    resumes it: every trial in flight at the stop is run, none recorded before it is run again."""
+    """`ray job submit` runs a population on the cluster; `ray job stop` (SIGTERM to the driver) leaves the
+    archive resumable; the same config submitted again resumes it to SUCCEEDED: every trial in flight at the
+    stop is run, none recorded before it is run again, nothing written into the uploaded working dir."""
     archive = (tmp_path / "archive").resolve()
     workdir = tmp_path / "job"                     # the upload holds only the config
     write_config(workdir, archive, cache_root, max_trials=4)
@@ -252,5 +253,7 @@ def test_ray_job_stop_then_submit_again_resumes(cluster, tmp_path, cache_root, d
     assert set(pending) <= set(records) | set(left) and set(pending) & set(records), logs   # none lost
     after = df.set_index("trial_id").finished_at.to_dict()
     assert all(after[t] == v for t, v in before.items()), logs           # none run twice
+    assert len(df) >= 4 and (df.status == "ok").any(), logs               # the population ran to its end
+    assert not (workdir / "ledger").exists(), logs                       # nothing written into the upload
     print(f"\njob stopped with {sorted(before)} recorded and {sorted(pending)} pending; resubmitted: "
           f"{sorted(after)} recorded once each")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from judge.processes import group_alive
 from orchestrator.proposers import agent, inbox, mutate
 from orchestrator.proposers.base import Proposal, only_train_py_changed, validate_source
 from trainer.constants import constants_span, read_constants
@@ -223,7 +224,7 @@ def test_agent_hang_is_killed_with_its_process_group(repo, tmp_path):
     out = run_fake(repo, f"hang --pidfile {pidfile}", timeout=2.0)
     assert out.status == "timeout" and "timeout" in out.reason
     pgid, pid, child = map(int, pidfile.read_text().split())
-    assert not agent.group_alive(pgid)
+    assert not group_alive(pgid)
     for p in (pid, child):
         stat = Path(f"/proc/{p}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer import flops, runner
-from trainer.processes import alive
+from judge.processes import alive
 from trainer.runner import judge_trial, launch, run_trial
 from trainer.spec import TrialSpec
 

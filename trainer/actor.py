@@ -29,6 +29,7 @@ class TrialWorker:
         self._device = threading.Semaphore(1)     # one trial trains on the device at a time
         self._live: dict = {}                      # trial id -> latest live state
         self._speed: float | None = None
+        self._speed_cached = False                 # the speed came from this node's calibration cache
         self._training_until: float | None = None  # when the trial that trains now should stop
         self._startups: list[float] = []           # launch-to-ready seconds of earlier trials here
         self._pending: set[str] = set()            # launched here, not yet training
@@ -36,12 +37,16 @@ class TrialWorker:
         self._launch_lock = threading.Lock()
 
     def info(self) -> dict:
-        """Node, device name and measured speed (calibrated once per worker)."""
+        """Node, device name and speed: measured once per node and device (trainer/calibrate.py's cache)."""
+        name = runner.gpu_name(self.device, self.gpu_index)
         if self._speed is None:
-            from trainer.calibrate import measure_speed_isolated
-            self._speed = float(measure_speed_isolated(self.device, threads=self.threads))
-        return {"slot": self.slot, "node": socket.gethostname(), "device": self.device,
-                "device_name": runner.gpu_name(self.device, self.gpu_index), "gpu_index": self.gpu_index, "speed": self._speed,
+            from judge.spec import DataConfig
+            from trainer.calibrate import cached_speed, measure_speed_isolated
+            cache = DataConfig(**(self.data_config or {})).cache_root()
+            self._speed, self._speed_cached = cached_speed(
+                cache, self.device, name, self.threads, lambda: measure_speed_isolated(self.device, threads=self.threads))
+        return {"slot": self.slot, "node": socket.gethostname(), "device": self.device, "device_name": name,
+                "gpu_index": self.gpu_index, "speed": self._speed, "speed_cached": self._speed_cached,
                 "pid": os.getpid()}
 
     def ensure_data(self) -> str:

@@ -4,10 +4,16 @@ speed = work units per second (one unit = one forward+backward of a fixed stack)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,7 @@ WARMUP_UNITS = 3              # forward+backward passes before timing
 REPEAT_SECONDS = {"cuda": 1.0, "cpu": 0.3}   # each timed repeat runs at least this long
 DEFAULT_REPEATS = 5
 SEED = 1234
+CALIBRATION_FOLDER = "calibration"   # CACHE/calibration/<key>.json: a node's measured speed, reused by later runs
 
 
 class _Block(torch.nn.Module):
@@ -126,6 +133,37 @@ def measure_speed_isolated(device: str, repeats: int = DEFAULT_REPEATS, threads:
     if out.returncode != 0:
         raise RuntimeError(f"calibration on {device} failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
     return parse_speed_output(out.stdout)
+
+
+def calibration_key(device: str, device_name: str, threads: int | None) -> str:
+    """What a cached speed is valid for: this node, the device (name and index), threads, torch, the workload."""
+    workload = json.dumps([WORKLOADS, WARMUP_UNITS, REPEAT_SECONDS, DEFAULT_REPEATS, SEED], sort_keys=True)
+    parts = [socket.gethostname(), device, device_name, os.environ.get("CUDA_VISIBLE_DEVICES", "") if
+             device.startswith("cuda") else "", f"t{threads or 0}", torch.__version__, workload]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{parts[0]}-{device}-{device_name}")[:80]
+    return f"{readable}-{digest}"
+
+
+def cached_speed(cache_root, device: str, device_name: str, threads: int | None,
+                 measure: Callable[[], float]) -> tuple[float, bool]:
+    """(speed, whether it came from the cache): the speed measured earlier on this node for the same key
+    (calibration_key) under CACHE/calibration, else measure() now, kept there for the next run. Delete the
+    folder to measure again."""
+    path = Path(cache_root).expanduser() / CALIBRATION_FOLDER / f"{calibration_key(device, device_name, threads)}.json"
+    try:
+        speed = float(json.loads(path.read_text())["speed"])
+        if speed > 0:
+            return speed, True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    speed = float(measure())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    part.write_text(json.dumps({"speed": speed, "device": device, "device_name": device_name,
+                                "threads": threads or 0, "torch": torch.__version__, "measured_at": time.time()}))
+    os.replace(part, path)                      # atomic: a reader sees the whole record or none
+    return speed, False
 
 
 def main(argv=None) -> None:

@@ -21,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from judge.processes import TrialFamily, kill_group, kill_pid, new_token, spawn_group
 from judge.spec import JudgeConfig
 from trainer import flops
 from trainer import spec as S
-from trainer.processes import TrialFamily, kill_group, kill_pid, new_token
 from trainer.spec import TrialResult, TrialSpec
 from trainer import sandbox
 from trainer.trial_env import base_env, trial_env, violations_path
@@ -200,9 +200,8 @@ class Running:
         self.t_launch = time.monotonic()
         self.timeline["launch"] = time.time()
         try:
-            self.proc = subprocess.Popen(trial_command(), cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log_w, stderr=subprocess.STDOUT, pass_fds=child_fds,
-                                         start_new_session=True)
+            self.proc = spawn_group(trial_command(), cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log_w, stderr=subprocess.STDOUT, pass_fds=child_fds)
         except BaseException:
             for fd in (log_r, ev_r, self._go_fd):
                 if fd is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from judge.spec import ENV_KERNEL_DIR  # noqa: F401  (a local FA3 kernel repo; defined beside the judge's KERNEL_ENV)
+
 STATUSES = ("ok", "crash", "timeout", "invalid", "stopped", "infra")
 
 # Environment variables the runner hands to a trial process (read by trainer/harness.py).
@@ -18,7 +20,6 @@ ENV_EVENTS_FD = "POPSEARCH_EVENTS_FD"            # trial -> runner: JSON lines (
 ENV_GO_FD = "POPSEARCH_GO_FD"                    # runner -> trial: one byte when the device is free
 ENV_THREADS = "POPSEARCH_THREADS"                # CPU threads for torch in CPU mode
 ENV_ATTENTION = "POPSEARCH_ATTENTION"            # fa3 | flex | sdpa: skip the backend chain (trainer/attention.py)
-ENV_KERNEL_DIR = "POPSEARCH_KERNEL_DIR"          # a local FA3 kernel repo (build/<variant>/...), no hub needed
 ENV_SEQ_LEN = "POPSEARCH_SEQ_LEN"                # judge.seq_len: MAX_SEQ_LEN of an adopted script (trainer/adopted.py)
 ATTENTION_BACKENDS = ("fa3", "flex", "sdpa")
 

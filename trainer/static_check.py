@@ -9,6 +9,12 @@ import ast
 ALLOWED_MODULES = ("torch", "math", "time", "os", "dataclasses", "functools", "itertools", "collections",
                    "typing", "numpy", "__future__", "enum", "abc", "contextlib",
                    "prepare")          # popsearch's own prepare for adopted scripts (trainer/adopted.py)
+# Upstream scripts tune the collector for speed (gc.collect/freeze/disable): only these attributes of gc, and gc
+# itself only as `gc.<one of them>` (no alias, no argument), so its object walkers stay out of reach.
+GC_ALLOWED = frozenset({"collect", "disable", "enable", "freeze", "isenabled"})
+# The FA3 route of upstream scripts: exactly `from kernels import get_kernel`. In the sandbox the network is closed
+# and where kernels are found is pinned (judge.spec.KERNEL_ENV), so it loads only kernels the operator cached.
+KERNELS_ALLOWED = ("kernels", "get_kernel")
 ALLOWED_FIXED = ("judge.loader", "judge.handoff", "trainer.harness", "trainer.attention", "trainer.flops")
 BANNED_TORCH = ("torch.distributed", "torch.hub", "torch.multiprocessing", "torch.utils.cpp_extension",
                 "torch.utils.data", "torch._C", "torch.ops", "torch.package", "torch.jit")
@@ -100,6 +106,7 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, modules: dict, imported: set):
         self.modules, self.imported = modules, imported
         self.problems: list[tuple[int, str]] = []
+        self._attribute_bases: set[int] = set()      # ids of Name nodes that are the base of an attribute
 
     def report(self, node: ast.AST, what: str) -> None:
         self.problems.append((getattr(node, "lineno", 0), what))
@@ -115,12 +122,17 @@ class _Checker(ast.NodeVisitor):
             self.report(node, "uses a relative import (a candidate is one file)")
             return
         module = node.module or ""
-        self._check_module(node, module)
+        if module != KERNELS_ALLOWED[0]:
+            self._check_module(node, module)
         for alias in node.names:
             if alias.name == "*":
                 self.report(node, f"imports * from {module}")
             elif module == "os" and alias.name not in OS_ALLOWED:
                 self.report(node, f"imports os.{alias.name}")
+            elif module == KERNELS_ALLOWED[0] and alias.name != KERNELS_ALLOWED[1]:
+                self.report(node, f"imports {alias.name} from kernels (only `from kernels import get_kernel`)")
+            elif module == "gc" and alias.name not in GC_ALLOWED:
+                self.report(node, f"imports gc.{alias.name} (of gc only {', '.join(sorted(GC_ALLOWED))})")
             elif alias.name in BANNED_ATTRS or alias.name in FILE_READERS:
                 self.report(node, f"imports {alias.name} from {module}")
             elif module == "torch" and f"torch.{alias.name}" in BANNED_TORCH:
@@ -129,6 +141,8 @@ class _Checker(ast.NodeVisitor):
 
     def _check_module(self, node: ast.AST, module: str) -> None:
         root = module.split(".")[0]
+        if module == "gc":
+            return                       # its uses are checked one by one (GC_ALLOWED)
         if root in ("judge", "trainer"):
             if module not in ALLOWED_FIXED:
                 self.report(node, f"imports {module} (only {', '.join(ALLOWED_FIXED)} are open to a candidate)")
@@ -141,11 +155,19 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in BANNED_NAMES:
             self.report(node, f"uses {node.id}")
+        elif self.modules.get(node.id) == "gc" and id(node) not in self._attribute_bases:
+            self.report(node, f"uses the gc module itself (only gc.{'/'.join(sorted(GC_ALLOWED))})")
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         path = _dotted(node, self.modules)
-        if node.attr in BANNED_ATTRS:
+        if isinstance(node.value, ast.Name):
+            self._attribute_bases.add(id(node.value))
+        if path and path.startswith("kernels."):
+            self.report(node, f"uses {path} (get_kernel may only be called)")
+        elif path and path.startswith("gc.") and path.split(".")[1] not in GC_ALLOWED:
+            self.report(node, f"uses {'.'.join(path.split('.')[:2])} (of gc only {', '.join(sorted(GC_ALLOWED))})")
+        elif node.attr in BANNED_ATTRS:
             self.report(node, f"uses .{node.attr}")
         elif path and path.startswith("os.") and path.split(".")[1] not in OS_ALLOWED:
             self.report(node, f"uses {path}")

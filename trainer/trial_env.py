@@ -10,7 +10,7 @@ from pathlib import Path
 from judge.spec import ENV_CACHE, ENV_TRAIN_DIR, ENV_WEIGHTS
 from trainer import sandbox
 from trainer import spec as S
-from trainer.processes import ENV_TOKEN
+from judge.processes import ENV_TOKEN
 from trainer.spec import ATTENTION_BACKENDS, ENV_ATTENTION, ENV_KERNEL_DIR, TrialSpec
 
 ENV_COMPILE_CACHE = "POPSEARCH_COMPILE_CACHE"

@@ -7,20 +7,19 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from judge.processes import end_group, spawn_group
 from orchestrator.proposers.base import TRAIN_PY, Proposal, clean_message, validate_source
 
 STATUSES = ("ok", "timeout", "failed", "no_change", "rejected")
 PLACEHOLDERS = ("{workdir}", "{program}", "{history}", "{prompt}", "{briefdir}")
 LOG_TAIL_CHARS = 4000                    # of the agent's stdout and stderr kept in the outcome (and the ledger)
 KILL_GRACE_SECONDS = 2.0                 # between SIGTERM and SIGKILL of the agent's process group
-KILL_WAIT_SECONDS = 5.0                  # for the killed group to disappear
 IGNORED_PARTS = ("__pycache__",)         # byproducts of running train.py, never counted as changes
 IGNORED_SUFFIXES = (".pyc",)
 FALLBACK_MESSAGE = "agent edit"
@@ -102,63 +101,18 @@ def format_command(template: str, workdir, program, history, prompt="", briefdir
     return command
 
 
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group is running (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_group(proc: subprocess.Popen, gentle: bool) -> None:
-    """End the agent's whole process group: SIGTERM (when gentle), a grace period, then SIGKILL."""
-    pgid = proc.pid
-    if gentle:
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=KILL_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(pgid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def _run_command(command: str, workdir: Path, out: Path, err: Path, timeout: float,
                  env: dict) -> tuple[int | None, bool]:
     """(returncode, timed_out); the group is gone when this returns."""
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen(command, shell=True, cwd=str(workdir), stdin=subprocess.DEVNULL,
-                                stdout=fo, stderr=fe, start_new_session=True, env=env)
+        proc = spawn_group(command, shell=True, cwd=str(workdir), stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                           env=env)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc, gentle=True)
+            end_group(proc, grace=KILL_GRACE_SECONDS)
             return None, True
-        _kill_group(proc, gentle=False)       # children it left behind
+        end_group(proc)                        # children it left behind
         return code, False
 
 

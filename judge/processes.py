@@ -1,10 +1,14 @@
-"""The process family of one trial: found through /proc (descendants, group, session, env token) and killed.
+"""The one process reaper: children started in a group of their own that die with the thread that started
+them (PR_SET_PDEATHSIG), ended as a group; a trial's whole family found through /proc and killed.
 
 A trial's processes may leave its group and session; the token in their environment still gives them away."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +18,8 @@ SCAN_INTERVAL = 0.2           # seconds between /proc scans for the trial's desc
 REAP_ROUNDS = 5               # kill-and-rescan rounds for leftover processes
 REAP_WAIT = 10.0              # seconds to wait for killed processes to be reaped (zombies keep a group alive)
 TICK = 0.05                   # seconds between kill rounds, and between checks that the group is gone
+GROUP_GONE_WAIT = 5.0         # seconds end_group waits for a killed group's last members to disappear
+PR_SET_PDEATHSIG = 1          # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
 
 def new_token() -> str:
@@ -53,9 +59,9 @@ def alive(pid: int, starttime: int | None = None) -> bool:
     return info is not None and (starttime is None or info[3] == starttime)
 
 
-def kill_group(pgid: int) -> None:
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -139,3 +145,70 @@ class TrialFamily:
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(TICK)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group is running (zombies do not count)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    return any(info[1] == pgid for pid in _pids() if (info := _stat(pid)) is not None)
+
+
+def end_group(proc: subprocess.Popen, grace: float = 0.0, wait: float = GROUP_GONE_WAIT) -> None:
+    """End proc's whole process group: SIGTERM and up to `grace` seconds for proc to exit (when grace > 0),
+    then SIGKILL to the group; proc is reaped and the group waited for (at most `wait` seconds)."""
+    pgid = proc.pid
+    if grace > 0 and proc.poll() is None:
+        kill_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(pgid)
+    proc.wait()
+    deadline = time.monotonic() + wait
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(TICK)
+
+
+# ---------------------------------------------------------------- children that die with their parent
+
+def _load_prctl():
+    """libc's prctl, or None off Linux (or where libc cannot be loaded)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent_hook():
+    """A preexec_fn for Popen: the child gets SIGKILL when the thread that started it ends (its process
+    killed, a raylet's SIGKILL taking the actor down), and ends at once if that parent is already gone.
+    None where prctl is not available (then only the group kill applies)."""
+    if _PRCTL is None:
+        return None
+    prctl, parent, getppid, kill, getpid = _PRCTL, os.getpid(), os.getppid, os.kill, os.getpid
+    option, sigkill = PR_SET_PDEATHSIG, int(signal.SIGKILL)
+
+    def hook() -> None:           # runs in the child between fork and exec: nothing imported, little allocated
+        prctl(option, sigkill, 0, 0, 0)
+        if getppid() != parent:   # the parent died before prctl took effect
+            kill(getpid(), sigkill)
+    return hook
+
+
+def spawn_group(cmd, **popen_args) -> subprocess.Popen:
+    """Popen(cmd) as the leader of a new session and process group, killed when the starting thread ends.
+
+    The kernel's "parent" of PR_SET_PDEATHSIG is the thread that forks: call this from the thread that
+    waits for the child (as the runner, the judge and the agent proposer do), never from a short-lived one."""
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=die_with_parent_hook(), **popen_args)

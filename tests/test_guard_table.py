@@ -3,7 +3,7 @@ table entry used to overwrite them silently)."""
 from judge import guard
 
 SPECIAL = ("open", "os.listdir", "os.scandir", "os.rename", "object.__getattr__", "object.__setattr__",
-           "object.__delattr__", "import", "exec")
+           "object.__delattr__", "import", "exec", "os.putenv", "os.unsetenv")
 
 
 def table_events() -> list[str]:

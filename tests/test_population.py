@@ -168,6 +168,15 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is on pid's parent chain (this test's own driver, not another run on the machine)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parent_of(pid)
+    return False
+
+
 def test_sigkill_of_a_trial_actor_redispatches_its_trial(tmp_path, data_spec, cache_root):
     cfg = small_config(tmp_path, cache_root)
     data = yaml.safe_load(cfg.read_text())
@@ -184,7 +193,8 @@ def test_sigkill_of_a_trial_actor_redispatches_its_trial(tmp_path, data_spec, ca
         for pid in trial_processes():
             try:
                 actor = parent_of(pid)
-                if "TrialWorker" in Path(f"/proc/{actor}/cmdline").read_text(errors="replace"):
+                if ("TrialWorker" in Path(f"/proc/{actor}/cmdline").read_text(errors="replace")
+                        and descends_from(actor, proc.pid)):
                     victim = (pid, actor)
                     break
             except (OSError, ValueError, IndexError):

@@ -425,10 +425,12 @@ class Driver:
                                           row={**cost, "agent_log": outcome.log_tail[-4000:]})
                 self.rejected(row)
 
-    def rejected(self, row: dict, src_hash: str | None = None) -> None:
+    def rejected(self, row: dict, src_hash: str | None = None, cull: bool = True) -> None:
         """A proposal recorded as rejected without running: a finished trial, and a trial of its member."""
         self.record(row, src_hash)
         self.board.finished(row)
+        if cull:
+            self.maybe_cull()
 
     def scan_inbox(self) -> None:
         from orchestrator.proposers.inbox import scan_inbox
@@ -437,8 +439,9 @@ class Driver:
             return
         self.last_inbox = now
         patch_dir = self.cfg.proposers.inbox_dir or None
-        for prop in scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say,
-                               on_recorded=self.rejected):
+        found = scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say,
+                           on_recorded=lambda row: self.rejected(row, cull=False))
+        for prop in found:
             problem = static_problem(prop.source, "inbox") if prop.trial_id else ""
             if problem:                        # a ref already pending in the archive, refused before it runs
                 self.rejected(self.archive.finish(prop.trial_id, {"status": "invalid", "verdict": "rejected",
@@ -451,6 +454,7 @@ class Driver:
             else:
                 self.enqueue(Proposal(member=prop.member, parent_commit=prop.parent_commit, source=prop.source,
                                       proposer="inbox", message=prop.message))
+        self.maybe_cull()                     # after the scan: its proposals name members alive during it
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:

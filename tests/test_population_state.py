@@ -20,15 +20,44 @@ from test_driver_logic import SLOTS, result
 from trainer.constants import apply_overrides, read_constants
 
 
+SMALL_SEED = '''"""A small seed for the state machine's tests: proposed, mutated and judged, never trained."""
+import torch
+
+# --- hyperparameters ---
+DEPTH = 4
+MODEL_DIM = 128
+N_HEADS = 4
+MATRIX_LR = 0.02
+EMBED_LR = 0.2
+UNEMBED_LR = 0.004
+WEIGHT_DECAY = 0.01
+WARMUP_FRACTION = 0.02
+SEED_OFFSET = 0
+# --- end hyperparameters ---
+
+
+def build_model():
+    return torch.nn.Linear(MODEL_DIM, MODEL_DIM)
+
+
+if __name__ == "__main__":
+    build_model()
+'''
+
+
 def config(tmp_path, seed=0) -> Config:
+    """Three members on a small seed (the real one's syntax trees would dominate the run time)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "seed_train.py").write_text(SMALL_SEED)
     cfg = Config(archive=str(tmp_path / "archive"), seed=seed)
+    cfg.population.seed_train_py = str(tmp_path / "seed_train.py")
     cfg.population.size = 3
     cfg.selection.noise_seeds = 2
     cfg.selection.max_runs = 3
     cfg.selection.head_runs = 2
     cfg.selection.confirm_runs = 1
     cfg.selection.confirm_head_runs = 3        # confirmations ask for reference runs of the head
-    cfg.selection.cull_every, cfg.selection.patience = 3, 1
+    cfg.selection.cull_every, cfg.selection.patience = 2, 1
     cfg.proposers.weights = {"mutate": 1.0}
     cfg.proposers.queue_depth = 3
     cfg.stop.max_trials = 0
@@ -134,7 +163,7 @@ def test_live_state_equals_the_state_replayed_from_the_archive_after_every_event
     d.seed_baseline()
     seen = set()
     try:
-        for step in range(50):
+        for step in range(40):
             action = next_action(d, rng)
             if action == "fill":
                 d.fill_queue()
@@ -154,7 +183,7 @@ def test_live_state_equals_the_state_replayed_from_the_archive_after_every_event
             assert_replays(d, f"step {step} ({action})")
         verdicts = {r["verdict"] for r in d.archive.trial_records()}
         assert {"baseline", "rejected", "discard"} <= verdicts, verdicts
-        assert d.state.candidates_finished >= 8 and {"kill", "finish", "reject", "inbox"} <= seen, seen
+        assert d.state.candidates_finished >= 5 and {"kill", "finish", "reject", "inbox"} <= seen, seen
         assert any(entry.forked_from for entry in d.archive.lineage())          # culls and forks happened
     finally:
         d.close()
@@ -206,12 +235,12 @@ def run_deterministically(d: Driver, steps: int, kill_at=()) -> Driver:
 
 
 def test_a_killed_and_resumed_run_proposes_what_an_uninterrupted_one_would(tmp_path):
-    whole = run_deterministically(start(config(tmp_path / "whole")), 22)
-    resumed = run_deterministically(start(config(tmp_path / "resumed")), 22, kill_at=(7, 15))
+    whole = run_deterministically(start(config(tmp_path / "whole")), 16)
+    resumed = run_deterministically(start(config(tmp_path / "resumed")), 16, kill_at=(6, 11))
     try:
         expected, got = proposals(whole), proposals(resumed)
-        assert len(expected) >= 22 and got == expected
-        assert len({msg for _, _, p, msg, _ in got if p == "mutate"}) > 8       # a stream, not one draw
+        assert len(expected) >= 16 and got == expected
+        assert len({msg for _, _, p, msg, _ in got if p == "mutate"}) > 6       # a stream, not one draw
         assert whole.state == resumed.state
     finally:
         whole.close()
@@ -290,7 +319,7 @@ def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tm
         d.on_result(running, result(1.7), SLOTS[0])                 # its run ends after the cull
         row = {r["trial_id"]: r for r in d.archive.trial_records()}[running.trial_id]
         assert row["verdict"] == "discard" and "retired" in row["decided_by"] and row["run_scores"] == "[1.7]"
-        assert not [p for p in d.archive.pending() if p.member == "m1"]
+        assert [p.trial_id for p in d.archive.pending() if p.member == "m1"] == [ref.trial_id]
         assert_replays(d, "the cull")
     finally:
         d.close()

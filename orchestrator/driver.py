@@ -21,10 +21,10 @@ from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.journal import Journal
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, head_runs_wanted, judge_job, ledger_row,
-                                     reference_runs_needed, rule_of, source_hash)
-from orchestrator.population_state import (Culled, PopulationState, Proposed, Recorded, RunSaved, Started,
-                                           cull_plan, mutation_rng, pick_rng, restore, work_of)
+from orchestrator.population import BASELINE, REFERENCE, Job, ledger_row, rule_of, source_hash
+from orchestrator.population_state import (ASK_REFERENCE, RUN_AGAIN, WAIT_BASELINE, Culled, PopulationState,
+                                           Proposed, Recorded, RunSaved, Started, cull_plan, mutation_rng,
+                                           next_step, pick_rng, restore, work_of)
 from orchestrator.replay import record_hash, replay
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
@@ -557,34 +557,21 @@ class Driver:
         self.decide(job, result, slot, device)
 
     def decide(self, job: Job, result: dict, slot: dict, device: str) -> None:
-        """The verdict on a candidate's latest run, against its member head on the same device kind."""
-        if job.member not in self.state.head_hash:
-            self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
-                                          "runs": len(job.runs)}, slot)
-            return
-        if self.baseline_pending():
+        """The verdict on a candidate's latest run (population_state.next_step), carried out."""
+        step = next_step(self.state, job, self.cfg.selection, device, self.baseline_pending(), self.referencing,
+                         lambda: self.archive.source(job.parent_commit))
+        if step.action == WAIT_BASELINE:
             self.before_baseline.append((job, result, slot))
             self.save_work(job, slot, waiting=True)
-            return
-        head = self.archive.heads()[job.member]
-        head_hash = self.state.head_hash[job.member]
-        key = (head_hash, device)
-        confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= self.cfg.selection.confirm_runs
-        wanted = head_runs_wanted(self.cfg.selection, confirming)
-        short = reference_runs_needed(self.scores, head_hash, device, wanted)
-        if result.get("status") == "ok" and short and (key in self.referencing or wanted > self.state.references.get(key, 0)):
-            self.ask_reference(job, head, key, slot, short, wanted)
-            return
-        verdict = judge_job(job, self.scores, head_hash, rule_of(self.cfg.selection),
-                            self.archive.source(job.parent_commit))
-        if verdict["kind"] in ("rerun", "confirm"):        # another run with the next seed of this trial
-            if verdict["kind"] == "confirm" and not job.cleared_at:
-                job.cleared_at = len(job.runs)
-            self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
+        elif step.action == ASK_REFERENCE:
+            self.ask_reference(job, self.archive.heads()[job.member], step.key, slot, step.short, step.wanted)
+        elif step.action == RUN_AGAIN:                  # another run with the next seed of this trial
+            job.cleared_at = step.cleared_at
+            self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {step.verdict['decided_by']}")
             self.ready.appendleft(job)
             self.save_work(job, slot, waiting=False)
-            return
-        self.finish_job(job, result, verdict, slot)
+        else:
+            self.finish_job(job, result, step.verdict, slot)
 
     def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int, wanted: int) -> None:
         """Park the candidate; unless some are on their way, run its member head on the candidate's device

@@ -10,10 +10,12 @@ import random
 from dataclasses import dataclass, field
 
 from orchestrator import selection
-from orchestrator.population import BASELINE, REFERENCE, Job, Scores, run_scores, trial_number
+from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, judge_job,
+                                     reference_runs_needed, rule_of, run_scores, trial_number)
 from orchestrator.selection import MemberState
 
 MUTATE = "mutate"            # the proposer whose draws come from the per-member mutation stream
+FINISH, RUN_AGAIN, ASK_REFERENCE, WAIT_BASELINE = "finish", "run again", "ask reference", "wait for baseline"
 
 
 # ---- events ---------------------------------------------------------------------------------------------
@@ -220,6 +222,44 @@ def cull_plan(state: PopulationState, fraction: float, patience: int) -> list[tu
     rng = draw(state.seed, "cull", state.candidates_finished)
     alive = state.alive()
     return selection.cull_and_fork(alive, fraction, patience, rng, taken=state.members)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do with a candidate whose latest run finished: FINISH with `verdict`; RUN_AGAIN (verdict rerun or
+    confirm; cleared_at: its selection runs once it cleared); ASK_REFERENCE (`short` more head runs on key's
+    device kind, to `wanted` there; the candidate parks); WAIT_BASELINE (the seed's runs are not all in)."""
+    action: str
+    verdict: dict | None = None
+    cleared_at: int = 0
+    key: tuple = ()
+    short: int = 0
+    wanted: int = 0
+
+
+def next_step(state: PopulationState, job: Job, sel, device: str, baseline_pending: bool, referencing,
+              parent_source) -> Step:
+    """The decision on `job`'s latest run against its member head on `device` (sel: selection config;
+    referencing: (head hash, device kind) whose reference runs are on their way; parent_source: a callable
+    giving the parent's train.py, read only when a verdict is due)."""
+    if job.member not in state.head_hash:
+        return Step(FINISH, {"kind": "discard", "decided_by": f"member {job.member} was retired",
+                             "runs": len(job.runs)})
+    if baseline_pending:
+        return Step(WAIT_BASELINE)
+    head_hash = state.head_hash[job.member]
+    key = (head_hash, device)
+    confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= sel.confirm_runs
+    wanted = head_runs_wanted(sel, confirming)
+    short = reference_runs_needed(state.scores, head_hash, device, wanted)
+    asked = key in referencing or wanted > state.references.get(key, 0)
+    if job.runs[-1].get("status") == "ok" and short and asked:
+        return Step(ASK_REFERENCE, key=key, short=short, wanted=wanted)
+    verdict = judge_job(job, state.scores, head_hash, rule_of(sel), parent_source())
+    if verdict["kind"] in ("rerun", "confirm"):
+        cleared = job.cleared_at or (len(job.runs) if verdict["kind"] == "confirm" else 0)
+        return Step(RUN_AGAIN, verdict, cleared_at=cleared)
+    return Step(FINISH, verdict)
 
 
 def work_of(job: Job, slot: dict, waiting: bool, head_hash: str = "", wanted: int = 0) -> dict:

@@ -620,10 +620,18 @@ class Driver:
         promote = verdict["kind"] == "promote"
         head = self.archive.heads().get(job.member)
         row = self.archive.finish(job.trial_id, row, promote, expect_head=head if promote else None)
-        curves = [r["loss_curve"] for r in job.runs if r.get("status") == "ok" and r.get("loss_curve")]
-        self.record(row, job.hash, curves[0] if curves and not reused_from else None)
+        self.record(row, job.hash, self.curve_to_keep(job, row, reused_from))
         self.board.finished(row)
         self.maybe_cull()
+
+    def curve_to_keep(self, job: Job, row: dict, reused_from: str):
+        """The loss curve a record keeps for early stopping (selection.early_stop_margin): the first of a source
+        on a device kind; None otherwise, so the journal stays small."""
+        known = (job.hash, row.get("device")) in self.scores.curves
+        if not self.cfg.selection.early_stop_margin or reused_from or known:
+            return None
+        curves = [r["loss_curve"] for r in job.runs if r.get("status") == "ok" and r.get("loss_curve")]
+        return curves[0] if curves else None
 
     def maybe_cull(self) -> None:
         sel = self.cfg.selection

@@ -15,6 +15,7 @@ from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs
 from orchestrator.selection import MemberState
 
 MUTATE = "mutate"            # the proposer whose draws come from the per-member mutation stream
+BULKY = ("loss_curve", "log_tail")      # a run's fields the journal leaves out (a curve is up to 4096 points)
 FINISH, RUN_AGAIN, ASK_REFERENCE, WAIT_BASELINE = "finish", "run again", "ask reference", "wait for baseline"
 
 
@@ -76,7 +77,7 @@ class PopulationState:
     next_id: int = 0                                 # number of the next trial id
     proposals: dict = field(default_factory=dict)    # member -> mutate proposals so far: its mutation stream's counter
     work: dict = field(default_factory=dict)         # trial id not judged yet -> its bookkeeping after its latest run
-    references: dict = field(default_factory=dict)   # (head hash, device kind) -> head runs reference runs were asked for
+    references: dict = field(default_factory=dict)   # (head hash, device kind) -> head runs asked for there
     recorded: set = field(default_factory=set)       # trial ids recorded
 
     def apply(self, event) -> None:
@@ -265,7 +266,8 @@ def next_step(state: PopulationState, job: Job, sel, device: str, baseline_pendi
 def work_of(job: Job, slot: dict, waiting: bool, head_hash: str = "", wanted: int = 0) -> dict:
     """What a trial not judged yet must keep across a resume: its runs (seeds follow from their count), where it
     stands in the verdict, its device kind, and whether it waits to be judged (parked) rather than to run."""
-    return {"trial_id": job.trial_id, "runs": job.runs, "cleared_at": job.cleared_at,
+    runs = [{k: v for k, v in r.items() if k not in BULKY} for r in job.runs]
+    return {"trial_id": job.trial_id, "runs": runs, "cleared_at": job.cleared_at,
             "device_kind": job.device_kind, "want_runs": job.want_runs, "attempt": job.attempt,
             "infra_failures": job.infra_failures, "waiting": waiting, "slot": slot or {},
             "head_hash": head_hash, "wanted": wanted}

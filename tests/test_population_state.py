@@ -259,8 +259,9 @@ def test_a_candidates_runs_survive_a_resume_and_it_goes_on_at_its_next_seed(tmp_
     new = apply_overrides(src, {"MATRIX_LR": type(read_constants(src)["MATRIX_LR"])(0.03)})
     job = d.enqueue(Proposal(member="m0", parent_commit=head, source=new, proposer="mutate", message="lr"))
     d.ready.remove(job)
-    d.on_result(job, result(1.99), SLOTS[0])            # short of the bar: run again
-    assert d.ready[0] is job and len(job.runs) == 1
+    d.on_result(job, {**result(1.99), "loss_curve": [(i / 4096, 3.0) for i in range(4096)]}, SLOTS[0])
+    assert d.ready[0] is job and len(job.runs) == 1                  # short of the bar: run again
+    assert (d.archive_dir / "journal.jsonl").stat().st_size < 20_000     # curves stay out of the journal
     d = kill(d)
     try:
         (again,) = [j for j in d.ready if j.trial_id == job.trial_id]

@@ -20,6 +20,7 @@ from orchestrator import selection
 from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.journal import Journal
+from orchestrator.journal import read as journal_lines
 from orchestrator.live import LiveBoard
 from orchestrator.population import BASELINE, REFERENCE, Job, ledger_row, rule_of, source_hash
 from orchestrator.population_state import (ASK_REFERENCE, RUN_AGAIN, WAIT_BASELINE, Culled, PopulationState,
@@ -101,15 +102,22 @@ class Driver:
             names = member_names(self.cfg.population.size)
             self.archive = Archive.create(self.archive_dir, seed_source(self.cfg), names,
                                           "seed: the baseline train.py" + self._override_note())
-            self.journal = Journal(self.archive_dir)
-            heads = self.archive.heads()
-            line = self.journaled({"event": "started", "heads": [[m, source_hash(self.archive.source(heads[m]))]
-                                                                 for m in names]})
-            self.state.apply(Started(tuple(tuple(pair) for pair in line["heads"])))
             self.say(f"created population of {len(names)} in {self.archive_dir}")
-        if self.journal is None:
-            self.journal = Journal(self.archive_dir)
+        self.journal = Journal(self.archive_dir)
+        self.start_journal()
         save_config(self.cfg, self.archive_dir)
+
+    def start_journal(self) -> None:
+        """A population with no trial yet (new, or just adopted) starts its journal with its members' heads; an
+        archive with trials from before the journal keeps none (replay takes its members from the lineage)."""
+        if any(line["event"] == "started" for line in journal_lines(self.archive_dir)):
+            return
+        if self.archive.pending() or self.archive.trial_records():
+            return
+        heads = self.archive.heads()
+        line = self.journaled({"event": "started", "heads": [[m, source_hash(self.archive.source(sha))]
+                                                             for m, sha in sorted(heads.items())]})
+        self.state.apply(Started(tuple(tuple(pair) for pair in line["heads"])))
 
     def close(self) -> None:
         if self.journal is not None:

@@ -1,11 +1,11 @@
 """The Ray driver: keeps every trial actor busy, harvests results with ray.wait, records verdicts.
 
-A thin loop over plain functions (population, selection, budget, archive, ledger); state is rebuilt
-from the archive on every start, so a killed driver resumes with nothing lost and nothing run twice."""
+A thin loop over plain functions; what it knows about the population is one PopulationState, changed only by
+its events and replayed from the archive and journal on every start, so a killed driver resumes where it was."""
 from __future__ import annotations
 
+import json
 import os
-import random
 import sys
 import threading
 import time
@@ -17,10 +17,15 @@ from orchestrator import budget as budget_rules
 from orchestrator import config_change, selection
 from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
+from orchestrator.journal import Journal
+from orchestrator.journal import read as journal_lines
 from orchestrator.live import LiveBoard
-from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, absorb_record, head_runs_wanted,
-                                     head_score, judge_job, ledger_row, margins, of_current_segment, record_runs,
-                                     reference_runs_needed, rule_of, run_scores, source_hash, trial_number)
+from orchestrator.population import (BASELINE, REFERENCE, Job, ledger_row, margins, of_current_segment, rule_of,
+                                     source_hash, trial_number)
+from orchestrator.population_state import (ASK_REFERENCE, RUN_AGAIN, WAIT_BASELINE, Culled, PopulationState,
+                                           Proposed, Recorded, RunSaved, Started, cull_plan, mutation_rng,
+                                           next_step, pick_rng, restore, work_of)
+from orchestrator.replay import record_hash, replay
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 from orchestrator.proposers.brief import full_brief
@@ -41,23 +46,19 @@ class Driver:
     def __init__(self, cfg: Config, out=sys.stdout):
         self.cfg = cfg
         self.out = out
-        self.rng = random.Random(cfg.seed)
         self.archive_dir = Path(cfg.archive).expanduser().resolve()
-        self.scores = Scores()
+        self.state = PopulationState(seed=cfg.seed)   # the population; changed only through self.state.apply
+        self.journal: Journal | None = None
+        self.picks = (-1, 0)                # (next trial number, picks made while it was next)
         self.segment = 0                    # the score segment of this run's trials (set by open_archive)
-        self.states: dict[str, selection.MemberState] = {}
         self.ready: deque[Job] = deque()
         self.in_flight: dict = {}           # ray ref -> (job, actor index)
         self.actor_load: dict[int, int] = {}
-        self.finished = 0
-        self.candidates_finished = 0
-        self.next_id = 0
-        self.baseline: dict[str, list[float]] = {}
+        self.undecided: list = []           # (job, last result, slot) a resume found waiting for a verdict
         self.t_start = time.time()
         self.agent_refs: dict = {}          # ray ref -> (member, parent commit, proposer) of running agents/endpoints
         self.last_inbox = 0.0
         self.parked: dict = {}              # (head hash, device kind) -> candidates waiting for a reference run
-        self.references: dict = {}          # (head hash, device kind) -> head runs its reference runs were asked for
         self.referencing: set = set()       # (head hash, device kind) whose reference runs are queued or running
         self.before_baseline: list = []     # (job, last result, slot) finished before the seed's score existed
         self.culling = False
@@ -65,6 +66,32 @@ class Driver:
         self.replacing: dict = {}           # ray ref of a replacement actor's info() -> (actor index, actor)
         self.shelved: list[Job] = []        # lost to infrastructure max_retries times: pending, for resume
         self.operator_env = checked_operator_settings()
+
+    # ---- the population state (read-only views; events change it) ------------------------------------
+    @property
+    def finished(self) -> int:
+        return self.state.finished
+
+    @property
+    def candidates_finished(self) -> int:
+        return self.state.candidates_finished
+
+    @property
+    def states(self) -> dict:
+        return self.state.members
+
+    @property
+    def scores(self):
+        return self.state.scores
+
+    @property
+    def baseline(self) -> dict:
+        return self.state.baseline
+
+    def journaled(self, line: dict) -> dict:
+        """Append one event line to the journal (fsynced); returns it as a replay will read it back."""
+        self.journal.append(line)
+        return json.loads(json.dumps(line, default=str))
 
     # ---- setup -------------------------------------------------------------------------
     def open_archive(self) -> None:
@@ -78,63 +105,72 @@ class Driver:
             self.say(f"created population of {len(names)} in {self.archive_dir}")
         self.segment = self.archive.segment = config_change.record(
             self.archive_dir, self.cfg, trial_number(self.archive.new_trial_id()))
+        self.journal = Journal(self.archive_dir)
+        self.start_journal()
         save_config(self.cfg, self.archive_dir)
+
+    def start_journal(self) -> None:
+        """A population with no trial yet (new, or just adopted) starts its journal with its members' heads; an
+        archive with trials from before the journal keeps none (replay takes its members from the lineage)."""
+        if any(line["event"] == "started" for line in journal_lines(self.archive_dir)):
+            return
+        if self.archive.pending() or self.archive.trial_records():
+            return
+        heads = self.archive.heads()
+        line = self.journaled({"event": "started", "heads": [[m, source_hash(self.archive.source(sha))]
+                                                             for m, sha in sorted(heads.items())]})
+        self.state.apply(Started(tuple(tuple(pair) for pair in line["heads"])))
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        self.archive.close()
 
     def _override_note(self) -> str:
         o = self.cfg.population.overrides
         return "" if not o else " with overrides " + ", ".join(f"{k}={v}" for k, v in o.items())
 
     def rebuild(self) -> None:
-        """Member states, scores and counters from the archive's trial records and the ledger."""
+        """The population state replayed from the archive and journal; pending trials queued again where they
+        stood (their finished runs kept, reruns at their next seed; parked ones judged again first)."""
         fixed = self.archive.repair()       # finish whatever write a kill interrupted
         if fixed.get("promotions") or fixed.get("pending_dropped"):
             self.say(f"repaired interrupted writes: {fixed}")
-        records = self.archive.trial_records()
-        done_ids = {r["trial_id"] for r in records}
-        heads = self.archive.heads()
-        for name in heads:
-            self.states[name] = selection.MemberState(name=name)
-        for r in sorted(records, key=lambda r: r.get("finished_at") or 0):
-            self._absorb_record(r)
-        self.finished = sum(1 for r in records if r.get("status") != "infra")   # infra rows never count
-        self.next_id = 1 + max([trial_number(t) for t in done_ids] + [trial_number(p.trial_id) for p in
-                                                                       self.archive.pending()] + [-1])
+        self.state = replay(self.archive, self.cfg.seed, self.segment)
         for p in self.archive.pending():
-            self.ready.append(self._job_from_pending(p))
-        self.refresh_head_scores()
-        if self.ready:
-            self.say(f"re-dispatching {len(self.ready)} trial(s) that were in flight")
-
-    def _absorb_record(self, r: dict) -> None:
-        device = absorb_record(self.scores, r, source_hash(self.archive.source(r["commit"])), self.segment)
-        if r.get("proposer") == REFERENCE:
-            return
-        if r.get("proposer") == BASELINE:
-            runs = [] if r.get("reused_from") else run_scores(r)
-            if runs:
-                self.baseline.setdefault(device, []).extend(runs)
-            if r.get("startup_seconds"):
-                self.scores.startups.setdefault(r.get("device") or "", []).append(float(r["startup_seconds"]))
-        else:
-            self.candidates_finished += 1
-            st = self.states.get(r["member"])
-            if st is not None:
-                score = r.get("head_score") if r.get("head_score") is not None else r.get("val_bpb")
-                selection.apply_result(self.states, r["member"], score,
-                                       r.get("verdict") == "promote", self.candidates_finished)
+            work = self.state.work.get(p.trial_id)
+            job = restore(self._job_from_pending(p), work)
+            if job.proposer == REFERENCE and work:
+                self.referencing.add((job.hash, job.device_kind))
+            if work and work["waiting"] and job.runs:
+                self.undecided.append((job, job.runs[-1], work["slot"]))
+            else:
+                self.ready.append(job)
+        if self.ready or self.undecided:
+            self.say(f"re-dispatching {len(self.ready) + len(self.undecided)} trial(s) that were in flight")
 
     def _job_from_pending(self, p) -> Job:
         return Job(trial_id=p.trial_id, member=p.member, parent_commit=p.parent, commit=p.sha,
                    source=self.archive.source(p.sha), proposer=p.proposer, message=p.message)
 
-    def refresh_head_scores(self) -> None:
-        """Each member's head score by population.head_score: its head's runs known so far, this segment first."""
-        for name, sha in self.archive.heads().items():
-            score = head_score(self.scores, source_hash(self.archive.source(sha)))
-            st = self.states.setdefault(name, selection.MemberState(name=name))
-            if score is not None:
-                st.head_score = score
-                st.best_score = score if st.best_score is None else min(st.best_score, score)
+    def record(self, row: dict, src_hash: str | None = None, curve=None) -> None:
+        """A recorded trial into the journal's order and the population state."""
+        line = self.journaled({"event": "recorded", "trial_id": row["trial_id"], "curve": curve})
+        h = row.get("source_hash") or src_hash or record_hash(self.archive, row)
+        self.state.apply(Recorded(row, h, line["curve"]))
+
+    def save_work(self, job: Job, slot: dict, waiting: bool, wanted: int = 0) -> None:
+        """A trial not judged yet, as a resume must find it: journaled, then in the state."""
+        head_hash = job.hash if job.proposer == REFERENCE else ""
+        line = self.journaled({"event": "run", "trial_id": job.trial_id,
+                               "work": work_of(job, slot, waiting, head_hash, wanted)})
+        self.state.apply(RunSaved(line["work"]))
+
+    def decide_undecided(self) -> None:
+        """Candidates a resume found parked: judged again now (parked again if their reference still runs)."""
+        waiting, self.undecided = self.undecided, []
+        for job, last, slot in waiting:
+            self.decide(job, last, slot, last.get("device") or slot.get("device_name", ""))
 
     # ---- actors -------------------------------------------------------------------------
     def start_actors(self, ray) -> None:
@@ -215,19 +251,19 @@ class Driver:
             self.say(f"  actor {info['slot']} is back on {info['node']}")
 
     # ---- proposals ----------------------------------------------------------------------
-    def new_trial_id(self) -> str:
-        tid = f"t{self.next_id:05d}"
-        self.next_id += 1
+    def new_trial_id(self, member: str = "", proposer: str = "") -> str:
+        tid = f"t{self.state.next_id:05d}"
+        self.state.apply(Proposed(tid, member, proposer))
         return tid
 
     def enqueue(self, proposal: Proposal) -> Job | None:
         """Queue a proposal as a pending trial; one the static check refuses is recorded as rejected (None)."""
-        tid = self.new_trial_id()
+        tid = self.new_trial_id(proposal.member, proposal.proposer)
         problem = static_problem(proposal.source, proposal.proposer)
         if problem:
             row = self.archive.reject(proposal.member, proposal.parent_commit, tid, proposal.proposer,
                                       proposal.message, problem, source=proposal.source)
-            self.rejected(row)
+            self.rejected(row, source_hash(proposal.source))
             return None
         sha = self.archive.add_pending(proposal.member, proposal.parent_commit, proposal.source,
                                        proposal.message, tid, proposal.proposer)
@@ -251,7 +287,7 @@ class Driver:
     def budget_left(self) -> int:
         if not self.cfg.stop.max_trials:
             return 1 << 30
-        parked = sum(len(v) for v in self.parked.values()) + len(self.before_baseline)
+        parked = sum(len(v) for v in self.parked.values()) + len(self.before_baseline) + len(self.undecided)
         return self.cfg.stop.max_trials - self.finished - len(self.in_flight) - len(self.ready) - parked
 
     def fill_queue(self) -> None:
@@ -288,8 +324,11 @@ class Driver:
             available.append("agent")
         if self.running("endpoint") < cfg.endpoint.concurrency:
             available.append("endpoint")
-        name = selection.pick_proposer({k: v for k, v in cfg.weights.items() if k != "inbox"}, self.rng, available)
-        member = selection.pick_member(self.states_alive(), self.rng, in_flight=self.busy_members())
+        attempt = self.picks[1] + 1 if self.picks[0] == self.state.next_id else 0
+        self.picks = (self.state.next_id, attempt)
+        rng = pick_rng(self.state, attempt)
+        name = selection.pick_proposer({k: v for k, v in cfg.weights.items() if k != "inbox"}, rng, available)
+        member = selection.pick_member(self.states_alive(), rng, in_flight=self.busy_members())
         if name in ("agent", "endpoint"):
             self.start_agent(member, name)
             return None
@@ -299,14 +338,14 @@ class Driver:
         # mutate, or (no proposer free and a device would idle) mutate to keep the device busy
         parent = self.archive.heads()[member]
         bounds = {"SEQ_LEN": (max(8, self.cfg.judge.seq_len // 4), 16384)}
-        new_src, message = mutate.propose(self.archive.source(parent), self.rng, cfg.mutate_changes, bounds=bounds)
+        new_src, message = mutate.propose(self.archive.source(parent), mutation_rng(self.state, member),
+                                          cfg.mutate_changes, bounds=bounds)
         if name is None:
             message += " (filling in for busy agents)"
         return Proposal(member=member, parent_commit=parent, source=new_src, proposer="mutate", message=message)
 
     def states_alive(self) -> dict:
-        heads = self.archive.heads()
-        return {m: self.states.setdefault(m, selection.MemberState(name=m)) for m in heads}
+        return self.state.alive()
 
     def running(self, proposer: str) -> int:
         return sum(1 for _, _, name in self.agent_refs.values() if name == proposer)
@@ -355,7 +394,7 @@ class Driver:
                         if name != member and st.head_score is not None)
         return HistoryInputs(
             member=member, head_score=self.states[member].head_score,
-            head_runs={d: v for (h, d), v in self.scores.by_source.items() if h == head_hash},
+            head_runs={d: self.scores.runs(head_hash, d) for d in self.scores.judged_kinds(head_hash)},
             noise=dict(self.baseline), margins=self.margins_now(head_hash), rule=rule_text(self.cfg.selection),
             trials=trials, in_flight=flight,
             others=[{"member": name, "head_score": score,
@@ -377,24 +416,25 @@ class Driver:
             except Exception as exc:
                 self.say(f"  {proposer} task on {member} was lost: {exc}")
                 continue
-            if member not in self.archive.heads():
+            if member not in self.state.head_hash:
                 continue
             cost = {k: v for k, v in outcome.usage.items() if k in COST_COLUMNS}
             if outcome.status == "ok":
                 self.enqueue(Proposal(member=member, parent_commit=parent, source=outcome.source, proposer=proposer,
                                       message=outcome.message or f"{proposer} edit", extra=cost))
             else:
-                row = self.archive.reject(member, parent, self.new_trial_id(), proposer,
+                row = self.archive.reject(member, parent, self.new_trial_id(member, proposer), proposer,
                                           outcome.message or f"{proposer} proposal",
                                           f"{proposer} {outcome.status}: {outcome.reason}"[:500], source=outcome.source,
                                           row={**cost, "agent_log": outcome.log_tail[-4000:]})
-                self.finished += 1
-                self.board.finished(row)
+                self.rejected(row)
 
-    def rejected(self, row: dict) -> None:
-        """A proposal recorded as rejected without running: it counts as a finished trial."""
-        self.finished += 1
+    def rejected(self, row: dict, src_hash: str | None = None, cull: bool = True) -> None:
+        """A proposal recorded as rejected without running: a finished trial, and a trial of its member."""
+        self.record(row, src_hash)
         self.board.finished(row)
+        if cull:
+            self.maybe_cull()
 
     def scan_inbox(self) -> None:
         from orchestrator.proposers.inbox import scan_inbox
@@ -403,11 +443,14 @@ class Driver:
             return
         self.last_inbox = now
         patch_dir = self.cfg.proposers.inbox_dir or None
-        for prop in scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say):
+        found = scan_inbox(self.archive, patch_dir, new_trial_id=self.new_trial_id, on_reject=self.say,
+                           on_recorded=lambda row: self.rejected(row, cull=False))
+        for prop in found:
             problem = static_problem(prop.source, "inbox") if prop.trial_id else ""
             if problem:                        # a ref already pending in the archive, refused before it runs
                 self.rejected(self.archive.finish(prop.trial_id, {"status": "invalid", "verdict": "rejected",
-                                                                  "reason": problem, "finished_at": time.time()}))
+                                                                  "reason": problem, "finished_at": time.time()}),
+                              source_hash(prop.source))
             elif prop.trial_id:                # a ref: already pending in the archive
                 self.ready.append(Job(trial_id=prop.trial_id, member=prop.member,
                                       parent_commit=prop.parent_commit, commit=prop.extra["pending_commit"],
@@ -415,6 +458,7 @@ class Driver:
             else:
                 self.enqueue(Proposal(member=prop.member, parent_commit=prop.parent_commit, source=prop.source,
                                       proposer="inbox", message=prop.message))
+        self.maybe_cull()                     # after the scan: its proposals name members alive during it
 
     # ---- dispatch and harvest -----------------------------------------------------------
     def dispatch(self) -> None:
@@ -456,7 +500,7 @@ class Driver:
         device kind is reused, else the one on any other kind."""
         if job.proposer in (BASELINE, REFERENCE) or job.runs:       # a head re-run is meant to train again
             return False
-        judged = sorted(d for h, d in self.scores.trial_of if h == job.hash and of_current_segment(d))
+        judged = [d for d in self.scores.judged_kinds(job.hash) if of_current_segment(d)]
         if not judged:
             return False
         device = slot["device_name"] if slot["device_name"] in judged else judged[0]
@@ -507,6 +551,7 @@ class Driver:
     def on_result(self, job: Job, result: dict, slot: dict) -> None:
         job.runs.append(result)
         device = result.get("device") or slot["device_name"]
+        job.device_kind = job.device_kind or device      # every run of a trial on one device kind, as recorded
         if job.proposer == BASELINE:
             self.on_baseline(job, result, slot, device)
             return
@@ -516,45 +561,35 @@ class Driver:
         self.decide(job, result, slot, device)
 
     def decide(self, job: Job, result: dict, slot: dict, device: str) -> None:
-        """The verdict on a candidate's latest run, against its member head on the same device kind."""
-        if job.member not in self.archive.heads():
-            self.finish_job(job, result, {"kind": "discard", "decided_by": f"member {job.member} was retired",
-                                          "runs": len(job.runs)}, slot)
-            return
-        if self.baseline_pending():
+        """The verdict on a candidate's latest run (population_state.next_step), carried out."""
+        step = next_step(self.state, job, self.cfg.selection, device, self.baseline_pending(), self.referencing,
+                         lambda: self.archive.source(job.parent_commit))
+        if step.action == WAIT_BASELINE:
             self.before_baseline.append((job, result, slot))
-            return
-        head = self.archive.heads()[job.member]
-        head_hash = source_hash(self.archive.source(head))
-        key = (head_hash, device)
-        confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= self.cfg.selection.confirm_runs
-        wanted = head_runs_wanted(self.cfg.selection, confirming)
-        short = reference_runs_needed(self.scores, head_hash, device, wanted)
-        if result.get("status") == "ok" and short and (key in self.referencing or wanted > self.references.get(key, 0)):
-            self.ask_reference(job, head, key, slot, short, wanted)
-            return
-        verdict = judge_job(job, self.scores, head_hash, rule_of(self.cfg.selection),
-                            self.archive.source(job.parent_commit))
-        if verdict["kind"] in ("rerun", "confirm"):        # another run with the next seed of this trial
-            if verdict["kind"] == "confirm" and not job.cleared_at:
-                job.cleared_at = len(job.runs)
-            self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {verdict['decided_by']}")
+            self.save_work(job, slot, waiting=True)
+        elif step.action == ASK_REFERENCE:
+            self.ask_reference(job, self.archive.heads()[job.member], step.key, slot, step.short, step.wanted)
+        elif step.action == RUN_AGAIN:                  # another run with the next seed of this trial
+            job.cleared_at = step.cleared_at
+            self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {step.verdict['decided_by']}")
             self.ready.appendleft(job)
-            return
-        self.finish_job(job, result, verdict, slot)
+            self.save_work(job, slot, waiting=False)
+        else:
+            self.finish_job(job, result, step.verdict, slot)
 
     def ask_reference(self, job: Job, head: str, key: tuple, slot: dict, runs: int, wanted: int) -> None:
         """Park the candidate; unless some are on their way, run its member head on the candidate's device
         kind first (`runs` times, to `wanted` runs there)."""
         self.parked.setdefault(key, []).append((job, job.runs[-1], slot))
+        self.save_work(job, slot, waiting=True)
         if key in self.referencing:
             return
-        self.references[key] = wanted
         self.referencing.add(key)
         ref = self.enqueue(Proposal(member=job.member, parent_commit=head, source=self.archive.source(head),
                                     proposer=REFERENCE, message=f"{runs} run(s) of {job.member}'s head on "
                                                                 f"{key[1]} for a same-device comparison"))
         ref.device_kind, ref.want_runs = key[1], runs
+        self.save_work(ref, {}, waiting=False, wanted=wanted)
         self.ready.remove(ref)
         self.ready.appendleft(ref)
         self.say(f"  {job.trial_id} waits for {ref.trial_id}: {runs} more run(s) of {job.member}'s head on {key[1]}")
@@ -562,6 +597,7 @@ class Driver:
     def on_reference(self, job: Job, result: dict, slot: dict, device: str) -> None:
         if result.get("status") == "ok" and len(job.runs) < job.want_runs:
             self.ready.appendleft(job)                  # the head's next run, with the next seed
+            self.save_work(job, slot, waiting=False)
             return
         verdict = {"kind": "reference", "decided_by": f"{len(job.runs)} head run(s) on {device} for a "
                                                       f"same-device comparison", "runs": len(job.runs)}
@@ -576,13 +612,8 @@ class Driver:
                 self.decide(parked, last, its_slot, device)
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:
-        ok = result.get("status") == "ok"
         verdict = {"kind": "baseline", "decided_by": "seed run for the noise floor", "runs": 1}
         self.finish_job(job, result, verdict, slot)
-        if ok:
-            self.baseline.setdefault(device, []).append(result["val_bpb"])
-            self.scores.startups.setdefault(device, []).append(result.get("startup_seconds", 0.0))
-            self.refresh_head_scores()
         if not self.baseline_pending():
             waiting, self.before_baseline = self.before_baseline, []
             for parked, last, its_slot in waiting:
@@ -593,16 +624,18 @@ class Driver:
         promote = verdict["kind"] == "promote"
         head = self.archive.heads().get(job.member)
         row = self.archive.finish(job.trial_id, row, promote, expect_head=head if promote else None)
-        device = result.get("device") or slot.get("device_name", "")
-        if not reused_from:
-            record_runs(self.scores, job, device, promote)
-        self.finished += 1
-        if job.proposer not in (BASELINE, REFERENCE):
-            self.candidates_finished += 1
-            score = verdict["head_score"] if promote and verdict.get("head_score") is not None else row["val_bpb"]
-            selection.apply_result(self.states, job.member, score, promote, self.candidates_finished)
+        self.record(row, job.hash, self.curve_to_keep(job, row, reused_from))
         self.board.finished(row)
         self.maybe_cull()
+
+    def curve_to_keep(self, job: Job, row: dict, reused_from: str):
+        """The loss curve a record keeps for early stopping (selection.early_stop_margin): the first of a source
+        on a device kind; None otherwise, so the journal stays small."""
+        known = (job.hash, row.get("device")) in self.scores.curves
+        if not self.cfg.selection.early_stop_margin or reused_from or known:
+            return None
+        curves = [r["loss_curve"] for r in job.runs if r.get("status") == "ok" and r.get("loss_curve")]
+        return curves[0] if curves else None
 
     def maybe_cull(self) -> None:
         sel = self.cfg.selection
@@ -615,28 +648,42 @@ class Driver:
             self.culling = False
 
     def cull(self) -> None:
-        """Retire the stale bottom members (none with a run on a device or awaiting a verdict) and fork
-        the top ones in their place; their queued candidates are stopped before they run."""
+        """Retire the stale bottom members and fork top ones in their place, busy or not: queued candidates of a
+        retired member are stopped, parked ones discarded with their runs, running ones when their run ends."""
         sel = self.cfg.selection
-        self.refresh_head_scores()
-        taken = set(self.archive.retired()) | set(self.archive.heads())
-        plan = selection.cull_and_fork(self.states, sel.cull_fraction, sel.patience, self.rng, taken=taken)
-        busy = {job.member for job, _ in self.in_flight.values()}
-        busy |= {job.member for waiting in self.parked.values() for job, _, _ in waiting}
-        busy |= {job.member for job, _, _ in self.before_baseline}
-        plan = [p for p in plan if p[0] not in busy]
+        plan = cull_plan(self.state, sel.cull_fraction, sel.patience)
+        if not plan:
+            return
         for retire, fork_from, new_name in plan:
             self.archive.fork(new_name, fork_from)
             self.archive.retire(retire)
             self.say(f"cull: retired {retire}, forked {new_name} from {fork_from}")
-        selection.apply_forks(self.states, plan, self.candidates_finished)
+        line = self.journaled({"event": "cull", "plan": plan})
+        self.state.apply(Culled(tuple(tuple(p) for p in line["plan"])))
         for retire, _, _ in plan:
-            for job in [j for j in self.ready if j.member == retire]:
-                self.ready.remove(job)
-                result = {"status": "stopped", "reason": f"member {retire} was retired before this candidate ran"}
-                job.runs.append(result)
-                self.finish_job(job, result, {"kind": "discard", "decided_by": "member retired",
-                                              "runs": 0}, {})
+            self.stop_work_of(retire)
+
+    def stop_work_of(self, member: str) -> None:
+        """A retired member's candidates: queued ones recorded as stopped, parked ones as discarded (with their
+        runs); seed and reference runs go on (other members' candidates may wait for them)."""
+        queued = [j for j in self.ready if j.member == member and j.proposer not in (BASELINE, REFERENCE)]
+        for job in sorted(queued, key=lambda j: j.trial_id):          # recorded in one order, however queued
+            self.ready.remove(job)
+            result = {"status": "stopped", "reason": f"member {member} was retired before this candidate ran"}
+            job.runs.append(result)
+            self.finish_job(job, result, {"kind": "discard", "decided_by": "member retired",
+                                          "runs": len(job.runs) - 1}, {})
+        waiting = []
+        for key in list(self.parked):
+            waiting += [entry for entry in self.parked[key] if entry[0].member == member]
+            self.parked[key] = [entry for entry in self.parked[key] if entry[0].member != member]
+            if not self.parked[key]:
+                del self.parked[key]
+        waiting += [entry for entry in self.before_baseline if entry[0].member == member]
+        self.before_baseline = [entry for entry in self.before_baseline if entry[0].member != member]
+        for job, last, slot in sorted(waiting, key=lambda entry: entry[0].trial_id):
+            self.finish_job(job, last, {"kind": "discard", "decided_by": f"member {member} was retired",
+                                        "runs": len(job.runs)}, slot)
 
     # ---- the loop -----------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -648,6 +695,7 @@ class Driver:
         return False
 
     def loop(self, ray) -> None:
+        self.decide_undecided()
         while True:
             if self.should_stop():
                 if not self.in_flight:
@@ -772,7 +820,7 @@ def run(cfg: Config, out=sys.stdout) -> Path:
         shelved = f"; {len(driver.shelved)} lost to infrastructure, kept pending for resume" if driver.shelved else ""
         driver.say(f"done: {driver.finished} trials in the archive {driver.archive_dir}{shelved}")
     finally:
-        driver.archive.close()
+        driver.close()
         if ray is not None and not joined_before:
             stop_ray(ray)
     return driver.archive_dir

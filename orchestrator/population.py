@@ -86,10 +86,11 @@ class Scores:
     curves: dict = field(default_factory=dict)       # (hash, device) -> loss curve of one run
     trial_of: dict = field(default_factory=dict)     # (hash, device) -> first trial id judged
     startups: dict = field(default_factory=dict)     # device -> [start-up seconds of seed runs]
+    kinds: dict = field(default_factory=dict)        # hash -> [device kinds judged, sorted]: look-ups stay O(1)
 
     def add(self, src_hash: str, device: str, result: dict, trial_id: str, scores_it: bool = True) -> None:
         key = (src_hash, device)
-        self.trial_of.setdefault(key, trial_id)
+        self.judged(src_hash, device, trial_id)
         if result.get("status") == "ok" and result.get("val_bpb") is not None:
             value = float(result["val_bpb"])
             self.repeats.setdefault((src_hash, device, budget_key(result)), []).append(value)
@@ -97,6 +98,14 @@ class Scores:
                 self.by_source.setdefault(key, []).append(value)
             if result.get("loss_curve"):
                 self.curves.setdefault(key, result["loss_curve"])
+
+    def judged(self, src_hash: str, device: str, trial_id: str) -> None:
+        """Note that `trial_id` judged this source on this device kind (the first one is kept)."""
+        self.trial_of.setdefault((src_hash, device), trial_id)
+        known = self.kinds.setdefault(src_hash, [])
+        if device not in known:
+            known.append(device)
+            known.sort()
 
     def runs(self, src_hash: str, device: str) -> list[float]:
         return list(self.by_source.get((src_hash, device), []))
@@ -106,10 +115,15 @@ class Scores:
         return float(statistics.fmean(values)) if values else None
 
     def any_device_mean(self, src_hash: str) -> tuple[float | None, str]:
-        for (h, dev), values in sorted(self.by_source.items()):
-            if h == src_hash and values:
+        for dev in self.kinds.get(src_hash, []):
+            values = self.by_source.get((src_hash, dev))
+            if values:
                 return float(statistics.fmean(values)), dev
         return None, ""
+
+    def judged_kinds(self, src_hash: str) -> list[str]:
+        """Device kinds on which this source was judged (sorted)."""
+        return list(self.kinds.get(src_hash, []))
 
     def noise(self, device: str, budget: float | None, extra=()) -> Noise:
         """σ pooled over every source run more than once on this device kind at this budget (plus `extra`,
@@ -188,7 +202,7 @@ def scores_of(records: list[dict], hash_of_trial: dict[str, str], current_segmen
 def head_key(scores: Scores, head_hash: str) -> str | None:
     """The device key whose runs score a head: the first kind by name of the current segment, else of an
     earlier one; None when nothing scored it."""
-    kinds = sorted(dev for (h, dev), values in scores.by_source.items() if h == head_hash and values)
+    kinds = [dev for dev in scores.judged_kinds(head_hash) if scores.by_source.get((head_hash, dev))]
     current = [dev for dev in kinds if of_current_segment(dev)]
     return (current or kinds)[0] if kinds else None
 

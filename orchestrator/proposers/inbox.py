@@ -26,17 +26,18 @@ MEMBER_LINE = re.compile(r"^Member:\s*(\S+)\s*$", re.M)
 PATCH_PREFIX = re.compile(r"^\[PATCH[^\]]*\]\s*")
 
 
-def scan_inbox(archive, patch_dir=None, new_trial_id=None, on_reject=None) -> list[Proposal]:
+def scan_inbox(archive, patch_dir=None, new_trial_id=None, on_reject=None, on_recorded=None) -> list[Proposal]:
     """Every new inbox candidate as a Proposal, each consumed once.
 
     Ref proposals come with trial_id set and extra["pending_commit"]: the archive already holds them as
     refs/pending/<id> (do not add_pending them again). Patch proposals are plain (trial_id None).
     new_trial_id: callable giving the next trial id (default archive.new_trial_id);
-    on_reject: called with one line per rejected candidate."""
+    on_reject: called with one line per rejected candidate; on_recorded: with the ledger row of each ref
+    recorded as rejected (the driver counts it)."""
     say = on_reject or (lambda line: None)
     ids = new_trial_id or archive.new_trial_id
     folder = Path(patch_dir) if patch_dir else Path(archive.path) / INBOX_DIR
-    return scan_refs(archive, ids, say) + scan_patches(archive, folder, say)
+    return scan_refs(archive, ids, say, on_recorded) + scan_patches(archive, folder, say)
 
 
 # ----------------------------------------------------------------------------- refs
@@ -65,12 +66,12 @@ def _route_by_trailer(archive, ref: str, sha: str, heads: dict) -> str:
     return new if moved.returncode == 0 else ref
 
 
-def _record_rejected(archive, trial_id: str, reason: str) -> None:
-    archive.finish(trial_id, {"status": "invalid", "verdict": "rejected", "reason": reason,
-                              "finished_at": time.time()}, promote=False)
+def _record_rejected(archive, trial_id: str, reason: str) -> dict:
+    return archive.finish(trial_id, {"status": "invalid", "verdict": "rejected", "reason": reason,
+                                     "finished_at": time.time()}, promote=False)
 
 
-def scan_refs(archive, new_trial_id, say) -> list[Proposal]:
+def scan_refs(archive, new_trial_id, say, on_recorded=None) -> list[Proposal]:
     """Consume every refs/inbox/* commit: a pending trial each; the invalid ones recorded as rejected."""
     heads = archive.heads()
     found = []
@@ -82,7 +83,9 @@ def scan_refs(archive, new_trial_id, say) -> list[Proposal]:
         if not reason:
             reason = validate_source(source)[1]
         if reason:
-            _record_rejected(archive, trial_id, reason)
+            row = _record_rejected(archive, trial_id, reason)
+            if on_recorded:
+                on_recorded(row)
             say(f"inbox: rejected {ref} ({sha[:10]}) as trial {trial_id}: {reason}")
             continue
         found.append(Proposal(member=pend.member, parent_commit=pend.parent, source=source, proposer="inbox",

@@ -1,0 +1,65 @@
+"""The population state rebuilt from an archive: its records and journal turned into the state machine's events.
+
+Record by record through PopulationState.apply, the path the live driver takes; readers (status, report) call
+replay(archive) for the same numbers the driver decides with. Uses only the Archive's public methods."""
+from __future__ import annotations
+
+from orchestrator import journal
+from orchestrator.fingerprint import source_hash
+from orchestrator.population import trial_number
+from orchestrator.population_state import (Culled, HeadsSeen, PopulationState, Proposed, Recorded, RunSaved,
+                                           Started)
+
+
+def record_hash(archive, row: dict) -> str:
+    """A record's train.py identity: its source_hash column, else read from its commit."""
+    return row.get("source_hash") or source_hash(archive.source(row["commit"]))
+
+
+def replay(archive, seed: int = 0, segment: int = 0) -> PopulationState:
+    """The state a driver had after the last event the archive and its journal hold; `segment`: the current
+    score segment (config_change.py), whose runs alone are compared."""
+    state = PopulationState(seed=seed, segment=segment)
+    for event in archive_events(archive):
+        state.apply(event)
+    return state
+
+
+def archive_events(archive):
+    """The events, in the order the live driver applied them: journal order; records the journal lacks come
+    first in an archive older than the journal, last otherwise (a kill between a record and its line)."""
+    lines = journal.read(archive.path)
+    records = archive.trial_records()
+    by_id = {r["trial_id"]: r for r in records}
+    started = next((line for line in lines if line["event"] == "started"), None)
+    yield Started(tuple(tuple(pair) for pair in started["heads"])) if started else _old_start(archive, records)
+    for r in records:
+        yield Proposed(r["trial_id"], r.get("member") or "", r.get("proposer") or "")
+    for p in archive.pending():
+        yield Proposed(p.trial_id, p.member, p.proposer)
+    journaled = {line["trial_id"] for line in lines if line["event"] == "recorded"}
+    loose = [r for r in records if r["trial_id"] not in journaled]
+    if not started:
+        yield from (Recorded(r, record_hash(archive, r)) for r in loose)
+    for line in lines:
+        if line["event"] == "run":
+            yield RunSaved(line["work"])
+        elif line["event"] == "recorded" and line["trial_id"] in by_id:
+            row = by_id[line["trial_id"]]
+            yield Recorded(row, record_hash(archive, row), line.get("curve"))
+        elif line["event"] == "cull":
+            yield Culled(tuple(tuple(p) for p in line["plan"]))
+    if started:
+        yield from (Recorded(r, record_hash(archive, r)) for r in loose)
+    yield HeadsSeen(tuple((m, source_hash(archive.source(sha))) for m, sha in sorted(archive.heads().items())))
+
+
+def _old_start(archive, records) -> Started:
+    """An archive without a journal: every member it ever had starts at the seed (the parent of its first
+    trial, else the first member's tip); HeadsSeen puts the living heads right at the end."""
+    trials = sorted(records, key=lambda r: trial_number(r["trial_id"]))
+    seed_commit = trials[0]["parent_commit"] if trials and trials[0].get("parent_commit") else None
+    names = [entry.member for entry in archive.lineage()] or sorted(archive.heads())
+    seed_commit = seed_commit or archive.tip(names[0])
+    h = source_hash(archive.source(seed_commit))
+    return Started(tuple((name, h) for name in names))

@@ -176,29 +176,6 @@ def of_current_segment(device_key: str) -> bool:
     return SEGMENT_MARK not in device_key
 
 
-def absorb_record(scores: Scores, record: dict, src_hash: str, current_segment: int = 0) -> str:
-    """A recorded trial's runs into the scores, as record_runs scored them live: a promotion by its
-    confirmation runs only, a reused result not at all; returns the device key they went under."""
-    device = segment_device(record.get("device") or "", record.get("segment"), current_segment)
-    runs = [] if record.get("reused_from") else run_scores(record)
-    scores.trial_of.setdefault((src_hash, device), record["trial_id"])
-    selected = record.get("selection_runs") if record.get("verdict") == "promote" else None
-    for i, value in enumerate(runs):
-        scores.add(src_hash, device, {"status": "ok", "val_bpb": value, "budget_seconds": record.get("budget_seconds")},
-                   record["trial_id"], scores_it=not selected or i >= selected)
-    return device
-
-
-def scores_of(records: list[dict], hash_of_trial: dict[str, str], current_segment: int = 0) -> Scores:
-    """The Scores that a driver's rebuild holds after these records (by finish time); hash_of_trial:
-    trial id -> source_hash of its train.py (records without one are skipped)."""
-    scores = Scores()
-    for record in sorted(records, key=lambda r: r.get("finished_at") or 0):
-        if record["trial_id"] in hash_of_trial:
-            absorb_record(scores, record, hash_of_trial[record["trial_id"]], current_segment)
-    return scores
-
-
 def head_key(scores: Scores, head_hash: str) -> str | None:
     """The device key whose runs score a head: the first kind by name of the current segment, else of an
     earlier one; None when nothing scored it."""

@@ -16,20 +16,21 @@ def record_hash(archive, row: dict) -> str:
     return row.get("source_hash") or source_hash(archive.source(row["commit"]))
 
 
-def replay(archive, seed: int = 0, segment: int = 0) -> PopulationState:
+def replay(archive, seed: int = 0, segment: int = 0, records: list[dict] | None = None) -> PopulationState:
     """The state a driver had after the last event the archive and its journal hold; `segment`: the current
-    score segment (config_change.py), whose runs alone are compared."""
+    score segment (config_change.py), whose runs alone are compared; `records`: archive.trial_records() when
+    the caller has read them already."""
     state = PopulationState(seed=seed, segment=segment)
-    for event in archive_events(archive):
+    for event in archive_events(archive, records):
         state.apply(event)
     return state
 
 
-def archive_events(archive):
+def archive_events(archive, records: list[dict] | None = None):
     """The events, in the order the live driver applied them: journal order; records the journal lacks come
     first in an archive older than the journal, last otherwise (a kill between a record and its line)."""
     lines = journal.read(archive.path)
-    records = archive.trial_records()
+    records = archive.trial_records() if records is None else records
     by_id = {r["trial_id"]: r for r in records}
     started = next((line for line in lines if line["event"] == "started"), None)
     yield Started(tuple(tuple(pair) for pair in started["heads"])) if started else _old_start(archive, records)

@@ -26,7 +26,8 @@ from orchestrator.archive import SHORT, Archive, LineageEntry, Pending, lock_hol
 from orchestrator.config import Config, from_dict
 from orchestrator.cost import cost_table
 from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, margins, rule_of,
-                                     run_scores, scores_of, source_hash)
+                                     run_scores, source_hash)
+from orchestrator.replay import replay
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -51,7 +52,7 @@ class Snapshot(NamedTuple):
     head_scores: dict[str, float | None]  # member -> its head's score by population.head_score
     baseline: list[float]                # val_bpb of every run of the seed (proposer "baseline")
     imported: list = []                  # an adopted project's history (Archive.imported), never compared
-    scores: Scores | None = None         # the scores a driver's rebuild holds (population.scores_of)
+    scores: Scores | None = None         # the scores the population state holds (orchestrator.replay)
     head_hashes: dict = {}               # member -> source_hash of its head
     rule: Rule | None = None             # the verdict rule of the archive's config.yaml
     segment: int = 0                     # the current score segment (config_change.py)
@@ -63,10 +64,15 @@ def baseline_scores(records: list[dict]) -> list[float]:
     return [v for r in records if r["proposer"] == BASELINE for v in run_scores(r)]
 
 
-def archive_rule(archive_dir) -> Rule:
-    """The verdict rule of the archive's config.yaml (the defaults when it has none)."""
+def archive_config(archive_dir) -> Config:
+    """The archive's config.yaml (the defaults when it has none)."""
     saved = config_change.saved_settings(archive_dir)
-    return rule_of((Config() if saved is None else from_dict(saved)).selection)
+    return Config() if saved is None else from_dict(saved)
+
+
+def archive_rule(archive_dir) -> Rule:
+    """The verdict rule of the archive's config.yaml."""
+    return rule_of(archive_config(archive_dir).selection)
 
 
 def snapshot(archive_dir) -> Snapshot:
@@ -78,12 +84,11 @@ def snapshot(archive_dir) -> Snapshot:
         lineage += [LineageEntry(m, None, float("nan"), None) for m in sorted({*heads, *retired} - known)]
         pending = archive.pending()
         since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
-        hash_of_trial = {t: h for h, trials in archive.trials_by_source(records).items() for t in trials}
         head_hashes = {m: source_hash(archive.source(sha)) for m, sha in {**retired, **heads}.items()}
         path = archive.path
         imported = archive.imported()
-    segment = config_change.current_segment(path)
-    scores = scores_of(records, hash_of_trial, segment)
+        segment = config_change.current_segment(path)
+        scores = replay(archive, archive_config(path).seed, segment, records).scores   # the driver's own state
     trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
     keys = {m: head_key(scores, h) for m, h in head_hashes.items()}
     return Snapshot(path, trials, heads, retired, lineage, pending, since,

@@ -13,8 +13,8 @@ from orchestrator import config_change
 from orchestrator.config import Config, ConfigError, builtin_demo, load
 from orchestrator.driver import Driver, save_config
 from orchestrator.live import LiveBoard
-from orchestrator.population import (REFERENCE, Scores, absorb_record, head_reference, head_score,
-                                     reference_runs_needed, source_hash)
+from orchestrator.population import REFERENCE, head_reference, head_score, reference_runs_needed, source_hash
+from orchestrator.population_state import PopulationState, Recorded
 from orchestrator.proposers.base import Proposal
 from trainer.constants import apply_overrides
 
@@ -150,11 +150,14 @@ def propose(d: Driver, **constants):
 
 
 def test_a_head_scored_only_in_an_earlier_segment_is_no_reference():
-    scores = Scores()
-    absorb_record(scores, {"trial_id": "t1", "status": "ok", "val_bpb": 2.0, "device": "cpu", "segment": 0}, "h", 1)
+    state = PopulationState(segment=1)      # the state machine scores records as the driver and replay do
+    state.apply(Recorded({"trial_id": "t00001", "proposer": REFERENCE, "status": "ok", "val_bpb": 2.0,
+                          "device": "cpu", "segment": 0}, "h"))
+    scores = state.scores
     assert head_reference(scores, "h", "cpu") == ([], "no head score")
     assert head_score(scores, "h") == 2.0 and reference_runs_needed(scores, "h", "cpu", 3) == 3
-    absorb_record(scores, {"trial_id": "t2", "status": "ok", "val_bpb": 1.0, "device": "gpu", "segment": 1}, "h", 1)
+    state.apply(Recorded({"trial_id": "t00002", "proposer": REFERENCE, "status": "ok", "val_bpb": 1.0,
+                          "device": "gpu", "segment": 1}, "h"))
     assert head_reference(scores, "h", "cpu") == ([1.0], "cross-device (gpu; no score on cpu)")
     assert head_score(scores, "h") == 1.0
 

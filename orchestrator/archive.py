@@ -406,7 +406,7 @@ class Archive:
             message, trailers = parse_message(text)
             self._pending[trial_id] = Pending(trial_id, sha, trailers.get("Member", ""), trailers.get("Parent", ""),
                                               trailers.get("Proposer", ""), message)
-        self._keep, self._since_packing, self._blob_of = [], 0, {}
+        self._keep, self._since_packing, self._blob_of, self._tree_of = [], 0, {}, {}
 
     def _load_records(self) -> None:
         """The ledger's rows (the writer opens the ledger for appending) plus, in memory, the rows of judged
@@ -596,7 +596,9 @@ class Archive:
         if not self._is_ancestor(parent, head):
             raise ArchiveError(f"trial {trial_id}: parent {parent[:SHORT]} is not on pop/{member}")
         text = compose_message(message, pending_trailers(trial_id, member, parent, proposer))
-        sha = self._commit(self._tree(parent, source), [parent], text, keep=False)
+        tree = self._tree(parent, source)
+        sha = self._commit(tree, [parent], text, keep=False)
+        self._tree_of[sha] = tree
         self._refs_apply([f"create {PENDING}{trial_id} {sha}"])
         self._pending[trial_id] = Pending(trial_id, sha, member, parent, proposer, message.strip() or "(no message)")
         self._blob_of[sha] = source_hash(source)
@@ -709,7 +711,7 @@ class Archive:
         return head
 
     def _judged_commit(self, pend: Pending, row: dict, head_before: str | None) -> str:
-        tree = self._commit_of(pend.sha).tree.hexsha
+        tree = self._tree_of.pop(pend.sha, None) or self._commit_of(pend.sha).tree.hexsha
         message = compose_message(row["message"] or pend.message, judged_trailers(row, head_before))
         return self._commit(tree, [pend.parent] if pend.parent else [], message)
 

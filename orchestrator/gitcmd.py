@@ -7,18 +7,24 @@ from pathlib import Path
 
 
 class GitFailed(RuntimeError):
-    """A git command failed; the message names the command, the folder and git's own words."""
+    """A git command failed; the message names the command, the folder and git's own words (also in .stderr)."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
 
 
-def git(cwd, *args: str, stdin: str | bytes | None = None, binary: bool = False, check: bool = True):
+def git(cwd, *args: str, stdin: str | bytes | None = None, binary: bool = False, check: bool = True,
+        env: dict | None = None):
     """stdout of `git <args>` run in cwd (bytes when binary). A failure raises GitFailed, or returns None
     with check=False."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    done = subprocess.run(["git", *args], cwd=str(cwd), input=data, capture_output=True)
+    done = subprocess.run(["git", *args], cwd=str(cwd), input=data, capture_output=True, env=env)
     if done.returncode != 0:
         if not check:
             return None
-        raise GitFailed(f"git {' '.join(args)} in {cwd} failed: {done.stderr.decode(errors='replace').strip()}")
+        why = done.stderr.decode(errors="replace").strip()
+        raise GitFailed(f"git {' '.join(args)} in {cwd} failed: {why}", why)
     return done.stdout if binary else done.stdout.decode("utf-8", "replace")
 
 

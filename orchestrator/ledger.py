@@ -199,13 +199,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, rows: list[dict]) -> None:
+TAIL_WRITE = {"compression": "NONE", "use_dictionary": False, "write_statistics": False}  # one row, soon folded
+
+
+def _write_file(path: Path, rows: list[dict], options: dict | None = None) -> None:
     """Write rows to a hidden temp file in the same folder, flush it to disk, rename it into place, sync the folder."""
     temp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.tmp"
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     try:
         with open(temp, "wb") as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, **(options or {}))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)
@@ -317,7 +320,7 @@ class Ledger:
         if norm["trial_id"] in self.ids:
             raise ValueError(f"trial {norm['trial_id']} is already in the ledger ({self.folder})")
         path = self.folder / file_name(norm)
-        _write_file(path, [norm])
+        _write_file(path, [norm], TAIL_WRITE)
         self.ids.add(norm["trial_id"])
         self.tail.append((path, norm))
         if len(self.tail) >= self.segment_rows:

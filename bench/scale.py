@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 GPUS = 100
-WINDOW = 100              # finished trials measured through the full driver loop at each size
+WINDOW = 60               # finished trials measured through the full driver loop at each size
 CONFIG = "configs/cluster.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,10 +120,28 @@ def config(archive: Path, max_trials: int):
     return cfg
 
 
+def create(archive: Path) -> None:
+    """The archive the driver would create (its seed, its members), with the seed's noise runs already judged."""
+    from orchestrator.archive import Archive, member_names
+    from orchestrator.config import seed_source
+    from orchestrator.driver import save_config
+    cfg = config(archive, 0)
+    with Archive.create(archive, seed_source(cfg), member_names(cfg.population.size), "seed") as arch:
+        head = arch.heads()["m0"]
+        for k in range(cfg.selection.noise_seeds):
+            arch.add_pending("m0", head, arch.source(head), f"baseline run {k + 1}", f"t{k:05d}", "baseline")
+            arch.finish(f"t{k:05d}", {"status": "ok", "val_bpb": 1.0 + 0.01 * k, "verdict": "baseline",
+                                      "finished_at": time.time(), "device": "Fake GPU", "budget_seconds": 300.0,
+                                      "runs": 1, "run_scores": json.dumps([1.0 + 0.01 * k]), "startup_seconds": 20.0})
+    save_config(cfg, archive)
+
+
 def fill(archive: Path, target: int, rng: random.Random) -> list[float]:
     """Trials written through the archive's real write path (add_pending + finish, as the driver calls them)
     until the archive holds `target`; returns the seconds of each record."""
-    from orchestrator.archive import Archive
+    from orchestrator.archive import Archive, is_archive
+    if not is_archive(archive):
+        create(archive)
     seconds = []
     with Archive(archive) as arch:
         done = len(arch.trial_records())
@@ -190,16 +208,10 @@ def disk(archive: Path) -> tuple[int, int]:
 def point(archive: Path, size: int, rng: random.Random) -> dict:
     """Fill to size - WINDOW, run WINDOW through the driver, then read it back every way a user does."""
     import pandas as pd
-    from orchestrator.archive import Archive, is_archive
+    from orchestrator.archive import Archive
     from orchestrator.report import status_text, write_report
-    filled = []
-    if is_archive(archive):
-        filled = fill(archive, max(0, size - WINDOW), rng)
-    window = driver_window(archive, WINDOW if filled or size <= WINDOW else size)
-    if not filled:
-        window_left = size - window["before"] - window["window"]
-        if window_left > 0:
-            filled = fill(archive, size, rng)
+    filled = fill(archive, max(0, size - WINDOW), rng)
+    window = driver_window(archive, WINDOW)
     with Archive(archive, writer=False) as arch:
         n = len(arch.trial_records())
     cli = [sys.executable, "-m", "orchestrator.cli", "status", str(archive)]

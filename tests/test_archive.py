@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator import archive as archive_module
 from orchestrator import ledger
 from orchestrator.trailers import completed_row
 from orchestrator.archive import Archive, ArchiveError, ArchiveLocked, HeadMoved, parse_message, repair, source_hash
@@ -320,3 +321,68 @@ def test_source_hash_finds_byte_identical_candidates(arch):
     assert source_hash(twin) != source_hash(twin + " ")
     by_source = arch.trials_by_source()
     assert by_source[source_hash(twin)] == ["t1"] and by_source[source_hash(SEED + "# different\n")] == ["t2"]
+
+
+def test_packing_keeps_refs_objects_and_packs_few_and_leaves_nothing_unreachable(arch, monkeypatch):
+    monkeypatch.setattr(archive_module, "MAINTAIN_EVERY", 5)
+    in_flight = propose(arch, "a", "t999", SEED + "# in flight across every packing\n")
+    for i in range(23):
+        member = "ab"[i % 2]
+        propose(arch, member, f"t{i:03d}", SEED + f"# {i}\n")
+        arch.finish(f"t{i:03d}", result(1.0 - i / 100, promote=i % 7 == 0), promote=i % 7 == 0)
+    git_dir = arch.path / ".git"
+    loose_trials = sorted(p.name for p in (git_dir / "refs" / "trials").glob("*"))
+    assert loose_trials == ["t020", "t021", "t022"]       # the trials since the last packing (20 trials)
+    assert "refs/trials/t000" in (git_dir / "packed-refs").read_text()
+    loose = int(dict(line.split(": ") for line in git(arch.path, "count-objects", "-v").splitlines())["count"])
+    assert loose <= 3 * 4 + 1                             # blob, tree, judged commit of 3 trials; the pending one
+    assert len(list((git_dir / "objects" / "pack").glob("*.pack"))) <= 4     # rolled up geometrically
+    path = arch.path
+    arch.close()
+    assert git(path, "fsck", "--unreachable", "--no-reflogs") == ""
+    git(path, "fsck", "--no-dangling")                    # every ref's objects are there
+    with Archive(path) as again:
+        assert [p.trial_id for p in again.pending()] == ["t999"] and again.pending()[0].sha == in_flight
+        assert again.source(in_flight).endswith("# in flight across every packing\n")
+        commits = {r["trial_id"]: r["commit"] for r in again.trial_records()}
+        assert len(commits) == 23 and again.heads() == {"a": commits["t014"], "b": commits["t021"]}
+
+
+def test_rolled_up_keeps_a_geometric_progression():
+    assert archive_module.rolled_up([(100, "big"), (40, "mid"), (10, "small")]) == []
+    assert archive_module.rolled_up([(100, "big"), (30, "a"), (20, "b")]) == ["a", "b"]
+    assert sorted(archive_module.rolled_up([(10, "a"), (10, "b"), (10, "c")])) == ["a", "b", "c"]
+    assert archive_module.rolled_up([(10, "a")]) == []
+
+
+def test_an_archive_of_the_first_layout_is_migrated_on_open(tmp_path):
+    sources = [SEED + f"# {i}\n" for i in range(3)]
+    with Archive.create(tmp_path / "old", SEED, ["a", "b"], "seed") as arch:
+        for i, text in enumerate(sources):
+            propose(arch, "a", f"t{i}", text)
+            arch.finish(f"t{i}", result(1.0 + i / 10, promote=i == 1), promote=i == 1)
+        rows = ledger.read(arch.path)
+        path = arch.path
+    # the first layout, by hand: one parquet file per trial without the hash columns, format 1, loose refs,
+    # and the pending commit of a judged trial left unreachable
+    for file in ledger.ledger_files(path):
+        file.unlink()
+    for row in rows.drop(columns=["source_hash", "parent_hash"]).to_dict("records"):
+        pd.DataFrame([row]).to_parquet(path / "ledger" / ledger.file_name(row))
+    git(path, "config", "popsearch.archive", "1")
+    orphan = git(path, "commit-tree", "-p", "seed", "-m", "a judged trial's pending commit", "seed^{tree}")
+    assert orphan in git(path, "fsck", "--unreachable", "--no-reflogs")
+    with Archive(path, writer=False) as reader:          # read as it is, without migrating
+        assert [r["trial_id"] for r in reader.trial_records()] == ["t0", "t1", "t2"]
+        assert reader.trial_records()[0]["source_hash"] is None
+    with Archive(path) as arch:
+        assert git(path, "config", "popsearch.archive") == "2"
+        assert [p.name for p in ledger.ledger_files(path)] == ["segment-000001.parquet"]
+        frame = ledger.read(path)
+        assert frame["source_hash"].tolist() == [source_hash(text) for text in sources]
+        assert frame["parent_hash"].tolist() == [source_hash(SEED), source_hash(SEED), source_hash(sources[1])]
+        assert frame["commit"].tolist() == rows["commit"].tolist() and frame["val_bpb"].tolist() == [1.0, 1.1, 1.2]
+        assert git(path, "fsck", "--unreachable", "--no-reflogs") == ""
+        propose(arch, "b", "t3", SEED + "# after\n")
+        assert arch.finish("t3", result(1.3), promote=False)["parent_hash"] == source_hash(SEED)
+    assert ledger.read(path)["trial_id"].tolist() == ["t0", "t1", "t2", "t3"]

@@ -25,7 +25,8 @@ BACKUP_PREFIX = "ledger.corrupt-"      # ARCHIVE/ledger.corrupt-<time>/: files t
 SUFFIX = ".parquet"
 SEGMENT_PREFIX = "segment-"            # segment-<6-digit sequence>.parquet: folded rows; a higher number wins
 SEGMENT_DIGITS = 6
-SEGMENT_ROWS = 2000                    # the tail is folded into a segment when it reaches this many rows
+SEGMENT_ROWS = 2000                    # a segment is closed when it holds this many rows
+TAIL_ROWS = 50                         # the tail is folded into the open (last) segment at this many rows
 TEMP_PREFIX = "."                      # pyarrow's dataset reader skips names starting with "." or "_"
 STAMP_DIGITS = 15                      # finished_at in milliseconds, zero-padded: names sort by finish time
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
@@ -267,14 +268,16 @@ def read(archive_dir) -> pd.DataFrame:
 class Ledger:
     """The writer's open ledger: the folder is listed once, here; appends never list it again.
 
-    append() writes one fsynced tail file per row (durable when it returns); when the tail holds SEGMENT_ROWS
-    rows they are written as the next segment (renamed into place), then the tail files are removed. A kill
-    between the two leaves twins that read as one row (the segment's), and the next open removes the tail twins."""
+    append() writes one fsynced tail file per row (durable when it returns). At TAIL_ROWS tail rows, the open
+    segment's rows plus the tail are written as the next segment (renamed into place), then the replaced segment
+    and the tail files are removed; a segment of SEGMENT_ROWS rows is closed. A kill in between leaves twins
+    that read as one row (the newest file's), and the next open removes the stale files."""
 
-    def __init__(self, archive_dir, segment_rows: int = SEGMENT_ROWS):
+    def __init__(self, archive_dir, segment_rows: int = SEGMENT_ROWS, tail_rows: int = TAIL_ROWS):
         self.archive_dir = Path(archive_dir)
         self.folder = ledger_dir(archive_dir)
-        self.segment_rows = segment_rows
+        self.segment_rows, self.tail_rows = segment_rows, min(tail_rows, segment_rows)
+        self.open_rows: list[dict] = []         # rows of the last segment while it has room
         self.folder.mkdir(parents=True, exist_ok=True)
         _clear_temps(self.folder)
         self.tail: list[tuple[Path, dict]] = []
@@ -298,6 +301,9 @@ class Ledger:
             else:
                 self.segments.append(path)
                 segment_tables.append(table)
+        self._drop_replaced_segment(segment_tables)
+        if self.segments and segment_tables[-1].num_rows < self.segment_rows:
+            self.open_rows = segment_tables[-1].to_pylist()
         folded = set(_concat(segment_tables).column("trial_id").to_pylist())
         kept = []
         for path, table in tail_tables:
@@ -307,6 +313,15 @@ class Ledger:
             self.tail.extend((path, row) for row in table.to_pylist())
             kept.append(table)
         return _concat(kept + segment_tables)
+
+    def _drop_replaced_segment(self, tables: list[pa.Table]) -> None:
+        """A fold killed before its clean-up leaves the segment it replaced: every row of it is in the next one."""
+        if len(tables) < 2:
+            return
+        last, before = (set(t.column("trial_id").to_pylist()) for t in (tables[-1], tables[-2]))
+        if before <= last:
+            self.segments.pop(-2).unlink()
+            tables.pop(-2)
 
     def _write_segment(self, rows: list[dict]) -> None:
         target = self.folder / segment_name(self.last_number + 1)
@@ -323,15 +338,22 @@ class Ledger:
         _write_file(path, [norm], TAIL_WRITE)
         self.ids.add(norm["trial_id"])
         self.tail.append((path, norm))
-        if len(self.tail) >= self.segment_rows:
+        if len(self.tail) >= self.tail_rows:
             self.fold()
         return norm
 
     def fold(self) -> None:
-        """The tail's rows as segments (renamed into place), then the tail files removed."""
-        rows = [row for _, row in self.tail]
+        """The open segment's rows and the tail's as new segments (renamed into place), then the replaced segment
+        and the tail files removed."""
+        replaced = self.segments[-1] if self.open_rows else None
+        rows = self.open_rows + [row for _, row in self.tail]
         for start in range(0, len(rows), self.segment_rows):
             self._write_segment(rows[start: start + self.segment_rows])
+        last = len(rows) % self.segment_rows
+        self.open_rows = rows[len(rows) - last:] if last else []
+        if replaced is not None:
+            self.segments.remove(replaced)
+            replaced.unlink(missing_ok=True)
         for path, _ in self.tail:
             path.unlink(missing_ok=True)
         self.tail = []
@@ -346,6 +368,7 @@ class Ledger:
                 fresh.append(norm)
         for start in range(0, len(fresh), self.segment_rows):
             self._write_segment(fresh[start: start + self.segment_rows])
+        self.open_rows = []                     # the last segment is a batch of its own: not reopened
         return [row["trial_id"] for row in fresh]
 
     def rewrite(self, rows: list[dict]) -> None:

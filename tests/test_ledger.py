@@ -102,6 +102,20 @@ def test_the_tail_folds_into_segments(tmp_path):
     assert ledger.read(tmp_path)["trial_id"].tolist() == [f"t{i}" for i in range(7)] + ["t9"]
 
 
+def test_the_open_segment_grows_by_rename_until_it_is_full(tmp_path):
+    book = ledger.Ledger(tmp_path, segment_rows=5, tail_rows=2)
+    for i in range(7):
+        book.append(row(f"t{i}", float(i)))
+    names = [p.name for p in ledger.ledger_files(tmp_path)]
+    assert names == [ledger.file_name(row("t6", 6.0)), "segment-000003.parquet", "segment-000004.parquet"]
+    assert [pq.read_metadata(tmp_path / "ledger" / n).num_rows for n in names[1:]] == [5, 1]
+    again = ledger.Ledger(tmp_path, segment_rows=5, tail_rows=2)
+    assert [r["trial_id"] for r in again.open_rows] == ["t5"] and len(again.tail) == 1
+    again.append(row("t7", 7.0))                          # t5..t7 now in segment 5, which replaced segment 4
+    assert [p.name for p in ledger.ledger_files(tmp_path)] == ["segment-000003.parquet", "segment-000005.parquet"]
+    assert ledger.read(tmp_path)["trial_id"].tolist() == [f"t{i}" for i in range(8)]
+
+
 def test_rewrite_folds_an_old_one_file_per_row_ledger(tmp_path):
     folder = tmp_path / "ledger"
     folder.mkdir()

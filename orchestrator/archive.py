@@ -1,7 +1,6 @@
-"""The population's git archive: a branch pop/<member> per member, one commit per candidate, its record in trailers,
-its ledger row beside it; the write protocol, the repair that replays it after a kill, and the packing that keeps it O(1).
+"""The population's git archive: a branch pop/<member> per member, one commit per candidate, its record in trailers.
 
-Also refs/pending/<id> (proposed), refs/trials/<id> (judged), refs/retired/<m>, refs/inbox/*, refs/popsearch/lineage."""
+Refs pending/<id>, trials/<id>, retired/<m>, inbox/*, popsearch/lineage; the write protocol, its repair, packing."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
-"""The one way popsearch runs git as a subprocess: `git()` for one command, `RefTransactions` for a long-lived
-`git update-ref --stdin` that applies batches of ref updates atomically without a new process per batch."""
+"""The one way popsearch runs git as a subprocess (archive, agent, adopt, inbox): `git()` runs one command.
+
+`RefTransactions` keeps one `git update-ref --stdin` open and applies each batch of ref updates atomically."""
 from __future__ import annotations
 
 import subprocess

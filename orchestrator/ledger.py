@@ -1,7 +1,6 @@
-"""Append-only parquet ledger of finished trials under ARCHIVE/ledger/: segment files of thousands of rows, plus a
-short tail of one-row files that is folded into the next segment by rename. Every file there is a parquet file of
-SCHEMA, each written under a hidden temp name, fsynced and renamed, so `pandas.read_parquet(ARCHIVE / "ledger")`
-always reads the whole ledger."""
+"""Append-only parquet ledger of finished trials under ARCHIVE/ledger/: segments of thousands of rows and a short tail.
+
+Every file is a fsynced, renamed parquet file of SCHEMA, so `pandas.read_parquet(ARCHIVE / "ledger")` reads it all."""
 from __future__ import annotations
 
 import datetime

@@ -3,7 +3,6 @@
 Used for the ClimbMix parquet shards: {url}/shard_{i:05d}.parquet, the validation shard pinned to the last."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import threading
@@ -11,9 +10,10 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path
+
+from judge import file_lock
 
 CLIMBMIX_VAL_SHARD = 6542          # published layout: shard_00000 .. shard_06541 train, shard_06542 val
 CHUNK_BYTES = 1 << 20
@@ -72,15 +72,9 @@ def download_files(jobs: list[tuple[str, Path]], workers: int = 8, retries: int 
         raise DownloadError(f"{len(errors)} of {len(todo)} downloads failed; first: {errors[0]}")
 
 
-@contextmanager
 def _folder_lock(folder: Path):
     """One downloader per folder across processes (their .part files would collide)."""
-    with open(folder / ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock.locked(folder / ".lock")
 
 
 def download_file(url: str, dest: Path, retries: int = 5, backoff: float = BACKOFF_SECONDS,

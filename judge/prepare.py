@@ -4,18 +4,17 @@ Idempotent, atomic (built in a temp dir, then renamed) and safe under concurrent
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from judge import file_lock
 from judge.corpus import load_corpus
 from judge.spec import DataConfig, DataSpec
 from judge.tokencache import token_dtype, write_split
@@ -55,18 +54,9 @@ def _load(final: Path) -> DataSpec:
     return spec
 
 
-@contextmanager
 def _locked(path: Path, log):
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"prepare: waiting for another process building {path.with_suffix('')}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock.locked(path, on_wait=lambda: log(f"prepare: waiting for another process building "
+                                                          f"{path.with_suffix('')}"))
 
 
 def _clear_leftovers(final: Path) -> None:

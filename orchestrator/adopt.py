@@ -4,11 +4,11 @@ one train.py) as a new population; its train.py, byte for byte, is the seed, its
 Imported val_bpb values are the project's own evaluation: shown in status and reports, never compared."""
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.archive import IMPORTED_TRAILER, Archive
+from orchestrator.gitcmd import git
 from orchestrator.trailers import compose_message
 
 SOURCE_FILE = "train.py"
@@ -110,10 +110,7 @@ def read_results(path: Path) -> list[Run]:
 
 
 def _git(path: Path, *args, binary: bool = False):
-    out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, check=False)
-    if out.returncode != 0:
-        return None
-    return out.stdout if binary else out.stdout.decode("utf-8", "replace")
+    return git(path, *args, binary=binary, check=False)       # None when git fails
 
 
 def _is_checkout(path: Path) -> bool:

@@ -1,6 +1,6 @@
-"""Append-only parquet ledger of finished trials: one file per trial under ARCHIVE/ledger/.
+"""Append-only parquet ledger of finished trials under ARCHIVE/ledger/: segments of thousands of rows and a short tail.
 
-Each file is written under a hidden temp name and renamed, so `pandas.read_parquet(ARCHIVE / "ledger")` always works."""
+Every file is a fsynced, renamed parquet file of SCHEMA, so `pandas.read_parquet(ARCHIVE / "ledger")` reads it all."""
 from __future__ import annotations
 
 import datetime
@@ -22,6 +22,10 @@ from trainer.spec import STATUSES
 LEDGER_DIR = "ledger"
 BACKUP_PREFIX = "ledger.corrupt-"      # ARCHIVE/ledger.corrupt-<time>/: files that repair set aside
 SUFFIX = ".parquet"
+SEGMENT_PREFIX = "segment-"            # segment-<6-digit sequence>.parquet: folded rows; a higher number wins
+SEGMENT_DIGITS = 6
+SEGMENT_ROWS = 2000                    # a segment is closed when it holds this many rows
+TAIL_ROWS = 50                         # the tail is folded into the open (last) segment at this many rows
 TEMP_PREFIX = "."                      # pyarrow's dataset reader skips names starting with "." or "_"
 STAMP_DIGITS = 15                      # finished_at in milliseconds, zero-padded: names sort by finish time
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
@@ -82,6 +86,9 @@ SCHEMA = pa.schema([
     ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
     ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs
     ("segment", pa.int64()),            # score segment (ARCHIVE/config_history.jsonl); older rows read null = 0
+    # identities of the train.py texts (orchestrator.fingerprint.source_hash), so resume never reads git per row
+    ("source_hash", pa.string()),       # this trial's train.py
+    ("parent_hash", pa.string()),       # its parent commit's train.py
 ])
 COLUMNS = tuple(SCHEMA.names)
 
@@ -139,59 +146,79 @@ def normalize(row: dict) -> dict:
 
 
 def file_name(row: dict) -> str:
-    """`<finished_at in ms, zero-padded>-<trial_id>.parquet` (now when finished_at is missing)."""
+    """A tail file's name: `<finished_at in ms, zero-padded>-<trial_id>.parquet` (now when finished_at is missing).
+
+    Today's tail files are named as the one-row files of the first ledger layout, so an old ledger reads as a long
+    tail and is migrated by folding it."""
     stamp = row.get("finished_at")
     millis = int(round((time.time() if stamp is None else stamp) * 1000))
     return f"{millis:0{STAMP_DIGITS}d}-{row['trial_id']}{SUFFIX}"
 
 
+def segment_name(number: int) -> str:
+    return f"{SEGMENT_PREFIX}{number:0{SEGMENT_DIGITS}d}{SUFFIX}"
+
+
+def segment_number(name: str) -> int | None:
+    """The sequence number of a segment file's name; None for a tail file."""
+    if not name.startswith(SEGMENT_PREFIX):
+        return None
+    digits = name[len(SEGMENT_PREFIX): -len(SUFFIX)]
+    return int(digits) if digits.isdigit() else None
+
+
 def trial_of(name: str) -> str:
-    """The trial id in a ledger file name."""
+    """The trial id in a tail file's name."""
     return name[: -len(SUFFIX)].split("-", 1)[1]
 
 
+def _is_data(name: str) -> bool:
+    return name.endswith(SUFFIX) and not name.startswith((".", "_")) and "-" in name
+
+
 def ledger_files(archive_dir) -> list[Path]:
-    """The ledger's data files in name order (temp files and anything hidden are not data)."""
+    """The ledger's data files in reading order: tail files by name, then segments by number (later wins)."""
     folder = ledger_dir(archive_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name.endswith(SUFFIX) and not p.name.startswith((".", "_")) and "-" in p.name)
+    names = [p.name for p in folder.iterdir() if _is_data(p.name)]
+    tail = sorted(n for n in names if segment_number(n) is None)
+    segments = sorted((n for n in names if segment_number(n) is not None), key=segment_number)
+    return [folder / n for n in tail + segments]
 
 
 def trial_ids(archive_dir) -> set:
-    """Ids of every trial in the ledger, from the file names alone."""
-    return {trial_of(p.name) for p in ledger_files(archive_dir)}
+    """Ids of every trial in the ledger."""
+    return set(read_table(archive_dir).column("trial_id").to_pylist())
 
 
-def _write_file(path: Path, rows: list[dict]) -> None:
-    """Write rows to a hidden temp file in the same folder, flush it to disk, then rename it into place."""
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+TAIL_WRITE = {"compression": "NONE", "use_dictionary": False, "write_statistics": False}  # one row, soon folded
+
+
+def _write_file(path: Path, rows: list[dict], options: dict | None = None) -> None:
+    """Write rows to a hidden temp file in the same folder, flush it to disk, rename it into place, sync the folder."""
     temp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.tmp"
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     try:
         with open(temp, "wb") as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, **(options or {}))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)
+        _fsync_dir(path.parent)
     finally:
         temp.unlink(missing_ok=True)
 
 
-def append(archive_dir, row: dict) -> Path:
-    """Record one finished trial as its own parquet file; returns the file's path."""
-    norm = normalize(row)
-    folder = ledger_dir(archive_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in ledger_files(archive_dir):
-        if trial_of(path.name) == norm["trial_id"]:
-            raise ValueError(f"trial {norm['trial_id']} is already in the ledger ({path})")
-    path = folder / file_name(norm)
-    _write_file(path, [norm])
-    return path
-
-
-def _read_table(path: Path, archive_dir) -> pa.Table:
+def _read_file(path: Path, archive_dir) -> pa.Table:
     """One ledger file, conformed to the schema; LedgerError names the file when it cannot be read."""
     try:
         table = pq.read_table(path)
@@ -203,12 +230,155 @@ def _read_table(path: Path, archive_dir) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
+def _latest_rows(table: pa.Table) -> pa.Table:
+    """One row per trial id: the last one in reading order (a fold or rebuild killed half-way leaves twins)."""
+    ids = table.column("trial_id").to_pylist()
+    if len(set(ids)) == len(ids):
+        return table
+    last = {trial_id: i for i, trial_id in enumerate(ids)}
+    return table.take(sorted(last.values()))
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return _latest_rows(pa.concat_tables(tables)) if tables else SCHEMA.empty_table()
+
+
+def read_table(archive_dir, skip_unreadable: bool = False) -> pa.Table:
+    """The whole ledger as one arrow table of SCHEMA, one row per trial, in file order; an unreadable file is a
+    LedgerError, or left out with skip_unreadable (a reader that completes the rows from the trailers)."""
+    tables = []
+    for path in ledger_files(archive_dir):
+        try:
+            tables.append(_read_file(path, archive_dir))
+        except LedgerError:
+            if not skip_unreadable:
+                raise
+    return _concat(tables)
+
+
+def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("finished_at", kind="stable", na_position="last").reset_index(drop=True)
+
+
 def read(archive_dir) -> pd.DataFrame:
     """The whole ledger as a DataFrame with the fixed columns, sorted by finished_at."""
-    tables = [_read_table(p, archive_dir) for p in ledger_files(archive_dir)]
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    frame = table.to_pandas()
-    return frame.sort_values("finished_at", kind="stable", na_position="last").reset_index(drop=True)
+    return sort_frame(read_table(archive_dir).to_pandas())
+
+
+class Ledger:
+    """The writer's open ledger: the folder is listed once, here; appends never list it again.
+
+    append() writes one fsynced tail file per row (durable when it returns). At TAIL_ROWS tail rows, the open
+    segment's rows plus the tail are written as the next segment (renamed into place), then the replaced segment
+    and the tail files are removed; a segment of SEGMENT_ROWS rows is closed. A kill in between leaves twins
+    that read as one row (the newest file's), and the next open removes the stale files."""
+
+    def __init__(self, archive_dir, segment_rows: int = SEGMENT_ROWS, tail_rows: int = TAIL_ROWS):
+        self.archive_dir = Path(archive_dir)
+        self.folder = ledger_dir(archive_dir)
+        self.segment_rows, self.tail_rows = segment_rows, min(tail_rows, segment_rows)
+        self.open_rows: list[dict] = []         # rows of the last segment while it has room
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _clear_temps(self.folder)
+        self.tail: list[tuple[Path, dict]] = []
+        self.segments: list[Path] = []
+        self.loaded = self._load()              # what the folder held at open (the archive takes it)
+        self.ids = set(self.loaded.column("trial_id").to_pylist())
+        self.last_number = max((segment_number(p.name) for p in self.segments), default=0)
+
+    def rehome(self, archive_dir) -> None:
+        """The archive folder was renamed (Archive.create): the same ledger, at its new place."""
+        self.archive_dir, self.folder = Path(archive_dir), ledger_dir(archive_dir)
+        self.tail = [(self.folder / p.name, row) for p, row in self.tail]
+        self.segments = [self.folder / p.name for p in self.segments]
+
+    def _load(self) -> pa.Table:
+        tail_tables, segment_tables = [], []
+        for path in ledger_files(self.archive_dir):
+            table = _read_file(path, self.archive_dir)
+            if segment_number(path.name) is None:
+                tail_tables.append((path, table))
+            else:
+                self.segments.append(path)
+                segment_tables.append(table)
+        self._drop_replaced_segment(segment_tables)
+        if self.segments and segment_tables[-1].num_rows < self.segment_rows:
+            self.open_rows = segment_tables[-1].to_pylist()
+        folded = set(_concat(segment_tables).column("trial_id").to_pylist())
+        kept = []
+        for path, table in tail_tables:
+            if table.num_rows == 1 and table.column("trial_id")[0].as_py() in folded:
+                path.unlink()                       # a fold finished its segment but not the clean-up
+                continue
+            self.tail.extend((path, row) for row in table.to_pylist())
+            kept.append(table)
+        return _concat(kept + segment_tables)
+
+    def _drop_replaced_segment(self, tables: list[pa.Table]) -> None:
+        """A fold killed before its clean-up leaves the segment it replaced: every row of it is in the next one."""
+        if len(tables) < 2:
+            return
+        last, before = (set(t.column("trial_id").to_pylist()) for t in (tables[-1], tables[-2]))
+        if before <= last:
+            self.segments.pop(-2).unlink()
+            tables.pop(-2)
+
+    def _write_segment(self, rows: list[dict]) -> None:
+        target = self.folder / segment_name(self.last_number + 1)
+        _write_file(target, rows)
+        self.last_number += 1
+        self.segments.append(target)
+
+    def append(self, row: dict) -> dict:
+        """Record one finished trial as a durable tail file; folds the tail when it is full. Returns the row."""
+        norm = normalize(row)
+        if norm["trial_id"] in self.ids:
+            raise ValueError(f"trial {norm['trial_id']} is already in the ledger ({self.folder})")
+        path = self.folder / file_name(norm)
+        _write_file(path, [norm], TAIL_WRITE)
+        self.ids.add(norm["trial_id"])
+        self.tail.append((path, norm))
+        if len(self.tail) >= self.tail_rows:
+            self.fold()
+        return norm
+
+    def fold(self) -> None:
+        """The open segment's rows and the tail's as new segments (renamed into place), then the replaced segment
+        and the tail files removed."""
+        replaced = self.segments[-1] if self.open_rows else None
+        rows = self.open_rows + [row for _, row in self.tail]
+        for start in range(0, len(rows), self.segment_rows):
+            self._write_segment(rows[start: start + self.segment_rows])
+        last = len(rows) % self.segment_rows
+        self.open_rows = rows[len(rows) - last:] if last else []
+        if replaced is not None:
+            self.segments.remove(replaced)
+            replaced.unlink(missing_ok=True)
+        for path, _ in self.tail:
+            path.unlink(missing_ok=True)
+        self.tail = []
+
+    def extend(self, rows: list[dict]) -> list[str]:
+        """Rows of trials not yet in the ledger (repair, migration) written straight as segments; returns their ids."""
+        fresh = []
+        for row in rows:
+            norm = normalize(row)
+            if norm["trial_id"] not in self.ids:
+                self.ids.add(norm["trial_id"])
+                fresh.append(norm)
+        for start in range(0, len(fresh), self.segment_rows):
+            self._write_segment(fresh[start: start + self.segment_rows])
+        self.open_rows = []                     # the last segment is a batch of its own: not reopened
+        return [row["trial_id"] for row in fresh]
+
+    def rewrite(self, rows: list[dict]) -> None:
+        """The whole ledger replaced by `rows` (the migration of an old layout): the new segments first (numbered
+        after the old ones, so they win), then the old files removed; at every moment the folder reads every row."""
+        old = [p for p, _ in self.tail] + self.segments
+        self.tail, self.segments, self.ids = [], [], set()
+        self.extend(rows)
+        for path in old:
+            path.unlink(missing_ok=True)
 
 
 class _Aside:
@@ -245,53 +415,15 @@ def _clear_temps(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def rebuild(archive_dir, rows) -> dict:
-    """Make the ledger hold exactly `rows` (plus readable rows of trials not in them), one atomic file at a time.
-
-    Corrupt files and files that disagree with `rows` are moved to ARCHIVE/ledger.corrupt-<time>/, never
-    deleted; at every moment the folder reads as a whole. Returns what was written, kept, carried and moved."""
-    wanted = {}
-    for row in rows:
-        norm = normalize(row)
-        wanted[norm["trial_id"]] = norm
-    folder = ledger_dir(archive_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    _clear_temps(folder)
+def set_aside_unreadable(archive_dir) -> dict:
+    """Move every ledger file that does not read to ARCHIVE/ledger.corrupt-<time>/ (never deleted), so the rest
+    reads again and repair can write the lost rows back from the trailers. Returns {"moved": [...], "backup": ...}."""
     aside = _Aside(archive_dir)
-    report = {"written": [], "kept": [], "carried": [], "moved": [], "backup": None}
-    readable = _readable_files(archive_dir, aside, report)
-    for trial_id, row in wanted.items():
-        _put_row(folder / file_name(row), row, readable, aside, report)
-    targets = {folder / file_name(row) for row in wanted.values()}
-    for path in readable:
-        trial_id = trial_of(path.name)
-        if path in targets:
-            continue
-        if trial_id in wanted or trial_id in report["carried"]:
-            report["moved"].append(str(aside.move(path)))
-        else:
-            report["carried"].append(trial_id)
-    report["backup"] = str(aside.folder) if aside.folder else None
-    return report
-
-
-def _readable_files(archive_dir, aside: _Aside, report: dict) -> dict:
-    """{path: rows} of the ledger files that read; the others are moved aside."""
-    readable = {}
+    moved = []
     for path in ledger_files(archive_dir):
         try:
-            readable[path] = _read_table(path, archive_dir).to_pylist()
-        except LedgerError:
-            report["moved"].append(str(aside.move(path)))
-    return readable
-
-
-def _put_row(target: Path, row: dict, readable: dict, aside: _Aside, report: dict) -> None:
-    """Keep the target file when it already holds the row; else copy any old one aside and write it."""
-    if readable.get(target) == [row]:
-        report["kept"].append(row["trial_id"])
-    else:
-        if target.exists():
-            report["moved"].append(str(aside.copy(target)))
-        _write_file(target, [row])
-        report["written"].append(row["trial_id"])
+            pq.read_metadata(path)
+            _read_file(path, archive_dir)
+        except (LedgerError, pa.ArrowException, OSError):
+            moved.append(str(aside.move(path)))
+    return {"moved": moved, "backup": str(aside.folder) if aside.folder else None}

@@ -1,18 +1,25 @@
 """Commit messages of the archive: a free-text message, a blank line, then `Key: value` trailers.
 
-Builds the trailers of pending and judged candidates, parses them back, and completes a judged trial's ledger row."""
+Builds pending and judged trailers, parses them back, completes a judged trial's ledger row (never imports the archive)."""
 from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from orchestrator import ledger
 
-if TYPE_CHECKING:
-    from orchestrator.archive import Pending
-
 TRAILER_CHARS = 300                        # readable trailers are cut here; Record keeps everything
+
+
+class Pending(NamedTuple):
+    """A proposed candidate, as its pending commit's trailers say (orchestrator.archive re-exports it)."""
+    trial_id: str
+    sha: str
+    member: str
+    parent: str
+    proposer: str
+    message: str
 
 
 def _one_line(value, limit: int = TRAILER_CHARS) -> str:

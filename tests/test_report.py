@@ -134,11 +134,14 @@ def test_progress_plot_marks_seed_runs_band_and_running_bests(seeded):
 def test_head_off_the_seed_without_a_record_scores_its_tree(tmp_path):
     with Archive.create(tmp_path / "trees", SEED, ["m0", "a"]) as archive:
         seed_runs(archive, [[2.0], [2.4]])
-        candidate = run(archive, "a", "t1", "LR = 0.5\n", "mutate", verdict="discard", val_bpb=1.6)
+        run(archive, "a", "t1", "LR = 0.5\n", "mutate", verdict="discard", val_bpb=1.6)
+        candidate = archive.trial_records()[-1]["commit"]      # pending commits are dropped once judged
         run(archive, "a", "t2", "LR = 0.5\n", "mutate", verdict="discard", val_bpb=1.8)
         run(archive, "a", "t3", "LR = 0.5\n", "mutate", status="crash", verdict="discard")
         path = archive.path
-    subprocess.run(["git", "update-ref", "refs/heads/pop/a", candidate], cwd=path, check=True)
+    head = subprocess.run(["git", "commit-tree", f"{candidate}^{{tree}}", "-p", "seed", "-m", "off the record"],
+                          cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "update-ref", "refs/heads/pop/a", head], cwd=path, check=True)
     snap = snapshot(path)
     assert snap.head_scores == pytest.approx({"a": 1.7, "m0": 2.2})
 

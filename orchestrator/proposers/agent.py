@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from judge.processes import end_group, spawn_group
+from orchestrator.gitcmd import git
 from orchestrator.proposers.base import TRAIN_PY, Proposal, clean_message, validate_source
 
 STATUSES = ("ok", "timeout", "failed", "no_change", "rejected")
@@ -67,10 +68,7 @@ def prompt_text(program_md: str, history_text: str, member: str = "") -> str:
 
 
 def _git(cwd, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} in {cwd} failed: {done.stderr.strip()}")
-    return done.stdout
+    return git(cwd, *args)          # GitFailed (a RuntimeError) names the command and git's words
 
 
 def make_worktree(repo_path, sha: str, dest) -> Path:
@@ -83,11 +81,10 @@ def make_worktree(repo_path, sha: str, dest) -> Path:
 
 def remove_worktree(repo_path, dest) -> None:
     """Remove the worktree at `dest` and its bookkeeping, whatever the agent left in it."""
-    done = subprocess.run(["git", "worktree", "remove", "--force", "--force", str(dest)],
-                          cwd=str(repo_path), capture_output=True, text=True)
-    if done.returncode != 0 or Path(dest).exists():
+    removed = git(repo_path, "worktree", "remove", "--force", "--force", str(dest), check=False)
+    if removed is None or Path(dest).exists():
         shutil.rmtree(dest, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=str(repo_path), capture_output=True)
+        git(repo_path, "worktree", "prune", check=False)
 
 
 def format_command(template: str, workdir, program, history, prompt="", briefdir="") -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.gitcmd import GitFailed, git
 from orchestrator.proposers.base import TRAIN_PY, Proposal, clean_message, only_train_py_changed, validate_source
 
 INBOX_DIR = "inbox"                      # ARCHIVE/inbox/ holds dropped patch files
@@ -42,13 +42,9 @@ def scan_inbox(archive, patch_dir=None, new_trial_id=None, on_reject=None, on_re
 
 # ----------------------------------------------------------------------------- refs
 
-def _git(cwd, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=str(cwd), input=stdin, capture_output=True, text=True)
-
-
 def _trailer_member(archive, sha: str) -> str | None:
-    done = _git(archive.path, "log", "-1", "--format=%B", sha)
-    found = MEMBER_LINE.findall(done.stdout) if done.returncode == 0 else []
+    text = git(archive.path, "log", "-1", "--format=%B", sha, check=False)
+    found = MEMBER_LINE.findall(text) if text is not None else []
     return found[-1] if found else None
 
 
@@ -62,8 +58,8 @@ def _route_by_trailer(archive, ref: str, sha: str, heads: dict) -> str:
     if member not in heads:
         return ref
     new = f"{INBOX_REF_PREFIX}{member}/{name.replace('/', '-')}"
-    moved = _git(archive.path, "update-ref", "--stdin", stdin=f"create {new} {sha}\ndelete {ref} {sha}\n")
-    return new if moved.returncode == 0 else ref
+    moved = git(archive.path, "update-ref", "--stdin", stdin=f"create {new} {sha}\ndelete {ref} {sha}\n", check=False)
+    return new if moved is not None else ref
 
 
 def _record_rejected(archive, trial_id: str, reason: str) -> dict:
@@ -154,10 +150,10 @@ def apply_patch(source: str, text: str) -> tuple[str | None, str]:
         (work / TRAIN_PY).write_text(source)
         (Path(tmp) / "change.patch").write_text(_as_git_patch(text))
         env = {**os.environ, "GIT_CEILING_DIRECTORIES": tmp}
-        done = subprocess.run(["git", "apply", "--whitespace=nowarn", "-p1", "../change.patch"], cwd=work,
-                              env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            return None, f"patch does not apply: {' '.join(done.stderr.split())[:300]}"
+        try:
+            git(work, "apply", "--whitespace=nowarn", "-p1", "../change.patch", env=env)
+        except GitFailed as exc:
+            return None, f"patch does not apply: {' '.join(exc.stderr.split())[:300]}"
         return (work / TRAIN_PY).read_text(), ""
 
 

@@ -4,6 +4,7 @@ Pure functions on numbers and source text (lower val_bpb is better); the driver 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -171,11 +172,18 @@ def is_seed_only_change(parent_src: str, cand_src: str) -> bool:
     """True when the two sources have the same AST once assignments to *SEED* names are removed: the candidate
     changes only seeds (or nothing but comments and layout). Seed assignments whose value could have an effect
     (a call, a walrus, a lambda...) are kept in the comparison. False if either source does not parse."""
+    parent, cand = _seedless_dump(parent_src), _seedless_dump(cand_src)
+    return parent is not None and parent == cand
+
+
+@functools.lru_cache(maxsize=512)
+def _seedless_dump(source: str) -> str | None:
+    """The AST of `source` without its seed assignments, dumped (None if it does not parse); cached, as a head is
+    the parent of many candidates and a candidate is judged after each of its runs."""
     try:
-        parent, cand = ast.parse(parent_src), ast.parse(cand_src)
+        return ast.dump(_without_seeds(ast.parse(source)))
     except (SyntaxError, ValueError):
-        return False
-    return ast.dump(_without_seeds(parent)) == ast.dump(_without_seeds(cand))
+        return None
 
 
 class _SeedStripper(ast.NodeTransformer):

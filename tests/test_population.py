@@ -152,7 +152,8 @@ def test_sigkill_driver_then_resume_loses_nothing_and_repeats_nothing(tmp_path, 
         state = replay(arch)
         left = {p.trial_id for p in arch.pending()}
     assert in_flight - set(after.trial_id) <= left
-    assert all(state.work[t]["runs"] for t in left), state.work
+    assert left <= set(state.work), state.work                    # each kept with its bookkeeping
+    assert all(state.work[t]["runs"] for t in left & in_flight), state.work    # ... and its runs
 
 
 def test_bad_config_starts_nothing(tmp_path):

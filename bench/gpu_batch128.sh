@@ -5,10 +5,7 @@
 # Writes $OUT/b128_*.txt as it goes (a call cut by its limit still returns them). WALL bounds the whole script.
 set -u
 T0=$(date +%s); WALL=${WALL:-300}
-export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-[ -d /tmp/site/ray ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING | tail -2
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH POPSEARCH_CACHE=/tmp/pcache
+source "$(dirname "$0")/gpu_env.sh"
 python - "$PWD" <<'PY'
 import sys, yaml
 root = sys.argv[1]

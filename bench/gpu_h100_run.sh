@@ -3,10 +3,7 @@
 # overlap on, for WALL seconds (default 450) from a cold compile cache; prints the per-trial table, the
 # training share and the gaps between trainings; the ledger comes back as ledgers.tgz.
 set -u
-export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-[ -d /tmp/site/ray ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING | tail -2
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH POPSEARCH_CACHE=/tmp/pcache
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$OUT/gpus.txt"
 python -m orchestrator.cli prepare --config bench/h100_scale.yaml | tail -1
 W=${WALL:-450}

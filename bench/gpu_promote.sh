@@ -6,10 +6,7 @@
 # confirmed score and beside the old head's runs. Files under $OUT as it goes.
 set -u
 T0=$(date +%s); WALL=${WALL:-540}
-export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-[ -d /tmp/site/ray ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING | tail -2
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH POPSEARCH_CACHE=/tmp/pcache
+source "$(dirname "$0")/gpu_env.sh"
 INBOX=/tmp/verdicts_inbox ARCHIVE=/tmp/runs/promote
 if [ ! -d "$ARCHIVE" ]; then
   python -m orchestrator.cli prepare --config bench/h200_verdicts.yaml | tail -1

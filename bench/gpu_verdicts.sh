@@ -4,10 +4,7 @@
 # each promoted head reproduces on its re-run. Ends within 540 s of wall time; ledger summary and archive to $OUT.
 set -u
 T0=$(date +%s); DEADLINE=$((T0 + ${WALL:-530}))
-export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-[ -d /tmp/site/ray ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING | tail -2
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH POPSEARCH_CACHE=/tmp/pcache
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$OUT/gpus.txt"
 python -m orchestrator.cli prepare --config bench/h200_verdicts.yaml | tail -1
 INBOX=/tmp/verdicts_inbox ARCHIVE=/tmp/runs/verdicts

@@ -224,6 +224,14 @@ def point(archive: Path, size: int, rng: random.Random) -> dict:
             "bytes_per_trial": size_bytes / n, "inodes_per_trial": inodes / n}
 
 
+def existing_point(archive: Path) -> dict:
+    """point() on an archive that is already filled: WINDOW more trials through the driver, then the reads."""
+    from orchestrator.archive import Archive
+    with Archive(archive, writer=False) as arch:
+        held = len(arch.trial_records())
+    return point(archive, held + WINDOW, random.Random(5))
+
+
 def run_sizes(sizes: list[int], workdir: Path) -> list[dict]:
     rng = random.Random(0)
     archive = workdir / "pop"
@@ -273,8 +281,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--old", help="a copy of today's tree (git archive 4fb9762) for the old column")
     parser.add_argument("--old-sizes", default="1000", help="sizes for the old layout (it is slow)")
+    parser.add_argument("--at", help="measure one point on this existing archive (filled earlier, e.g. by a run "
+                                     "of this script stopped part-way), filling nothing")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.at:
+        print(table({"existing": [existing_point(Path(args.at))]}))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="popsearch-scale-") as tmp:
         if args.json:

@@ -840,21 +840,6 @@ class Archive:
         by_commit = {r["commit"]: r for r in (self.trial_records() if records is None else records)}
         return next((by_commit[sha] for sha in self._first_parent_chain(member) if sha in by_commit), None)
 
-    def trials_by_source(self, records: list[dict] | None = None) -> dict[str, list[str]]:
-        """{source_hash: [trial ids, by finish time]} to spot byte-identical candidates (of `records`, else of
-        every trial record)."""
-        records = self.trial_records() if records is None else records
-        unknown = [r for r in records if not r.get("source_hash") and r.get("commit")]
-        lines = "".join(f"{r['commit']}:{SOURCE_FILE}\n" for r in unknown)
-        out = self._git("cat-file", "--batch-check=%(objectname)", stdin=lines).splitlines() if unknown else []
-        looked_up = {r["trial_id"]: line.strip() for r, line in zip(unknown, out) if not line.endswith(" missing")}
-        found: dict[str, list[str]] = {}
-        for record in records:
-            digest = record.get("source_hash") or looked_up.get(record["trial_id"])
-            if digest:
-                found.setdefault(digest, []).append(record["trial_id"])
-        return found
-
     # ---- inbox ---------------------------------------------------------------------------------------
 
     def inbox_refs(self) -> list[tuple[str, str]]:

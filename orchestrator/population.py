@@ -114,13 +114,6 @@ class Scores:
         values = self.by_source.get((src_hash, device))
         return float(statistics.fmean(values)) if values else None
 
-    def any_device_mean(self, src_hash: str) -> tuple[float | None, str]:
-        for dev in self.kinds.get(src_hash, []):
-            values = self.by_source.get((src_hash, dev))
-            if values:
-                return float(statistics.fmean(values)), dev
-        return None, ""
-
     def judged_kinds(self, src_hash: str) -> list[str]:
         """Device kinds on which this source was judged (sorted)."""
         return list(self.kinds.get(src_hash, []))
@@ -212,7 +205,7 @@ def margins(scores: Scores, head_hash: str, rule: judge_verdict.Rule) -> dict:
 def reference_runs_needed(scores: Scores, head_hash: str, device: str, head_runs: int) -> int:
     """Runs of the head to add on this device kind before a candidate is compared with it: up to
     `head_runs` there (see head_runs_wanted); 0 for a head never judged anywhere."""
-    if scores.any_device_mean(head_hash)[0] is None:
+    if head_score(scores, head_hash) is None:
         return 0
     return max(0, head_runs - len(scores.runs(head_hash, device)))
 

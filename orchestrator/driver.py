@@ -18,7 +18,7 @@ from orchestrator import config_change, selection
 from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.journal import Journal
-from orchestrator.journal import read as journal_lines
+from orchestrator.journal import first as journal_first
 from orchestrator.live import LiveBoard
 from orchestrator.population import (BASELINE, REFERENCE, Job, ledger_row, margins, of_current_segment, rule_of,
                                      source_hash, trial_number)
@@ -112,9 +112,8 @@ class Driver:
     def start_journal(self) -> None:
         """A population with no trial yet (new, or just adopted) starts its journal with its members' heads; an
         archive with trials from before the journal keeps none (replay takes its members from the lineage)."""
-        if any(line["event"] == "started" for line in journal_lines(self.archive_dir)):
-            return
-        if self.archive.pending() or self.archive.trial_records():
+        opening = journal_first(self.archive_dir)      # a started line is always a journal's first
+        if (opening and opening["event"] == "started") or self.archive.pending() or self.archive.judged_count():
             return
         heads = self.archive.heads()
         line = self.journaled({"event": "started", "heads": [[m, source_hash(self.archive.source(sha))]

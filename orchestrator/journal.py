@@ -32,6 +32,22 @@ def read(archive_dir) -> list[dict]:
     return lines
 
 
+def first(archive_dir) -> dict | None:
+    """The journal's first whole line (None for an empty or missing journal), without reading the rest."""
+    path = journal_path(archive_dir)
+    if not path.exists():
+        return None
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and line.get("event"):
+                return line
+    return None
+
+
 class Journal:
     """The writer: one open file, each line written whole and fsynced before append() returns."""
 

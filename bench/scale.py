@@ -208,7 +208,8 @@ def point(archive: Path, size: int, rng: random.Random) -> dict:
     """Fill to size - WINDOW, run WINDOW through the driver, then read it back every way a user does."""
     import pandas as pd
     from orchestrator.archive import Archive
-    from orchestrator.report import status_text, write_report
+    from orchestrator.report import write_report
+    from orchestrator.status import status_text
     filled = fill(archive, max(0, size - WINDOW), rng)
     window = driver_window(archive, WINDOW)
     with Archive(archive, writer=False) as arch:

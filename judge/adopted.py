@@ -9,6 +9,8 @@ import types
 
 import torch
 
+from judge.source_tree import parsed
+
 PREPARE = "prepare"                                   # the module name such a script imports its helpers from
 PREPARE_NAMES = ("MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb")
 TRAIN_SPLIT = "train"
@@ -18,8 +20,8 @@ NATIVE, ADOPTED = "native", "adopted"
 def protocol(source: str) -> str:
     """ADOPTED when the script imports `prepare` at top level and defines no build_model(); else NATIVE."""
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        tree = parsed(source)
+    except (SyntaxError, ValueError):
         return NATIVE
     imports_prepare = defines_build = False
     for stmt in tree.body:

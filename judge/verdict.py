@@ -4,12 +4,12 @@ Pure functions on numbers and source text (lower val_bpb is better); the driver 
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import statistics
 from dataclasses import dataclass
 
 from judge.noise import Noise, finite_scores, inflated
+from judge.source_tree import parsed
 
 KINDS = ("promote", "discard", "rerun", "confirm")
 SEED_MARK = "SEED"                  # assignments to names containing this (any case) only choose randomness
@@ -172,38 +172,43 @@ def is_seed_only_change(parent_src: str, cand_src: str) -> bool:
     """True when the two sources have the same AST once assignments to *SEED* names are removed: the candidate
     changes only seeds (or nothing but comments and layout). Seed assignments whose value could have an effect
     (a call, a walrus, a lambda...) are kept in the comparison. False if either source does not parse."""
-    parent, cand = _seedless_dump(parent_src), _seedless_dump(cand_src)
-    return parent is not None and parent == cand
-
-
-@functools.lru_cache(maxsize=512)
-def _seedless_dump(source: str) -> str | None:
-    """The AST of `source` without its seed assignments, dumped (None if it does not parse); cached, as a head is
-    the parent of many candidates and a candidate is judged after each of its runs."""
     try:
-        return ast.dump(_without_seeds(ast.parse(source)))
+        parent, cand = parsed(parent_src), parsed(cand_src)
     except (SyntaxError, ValueError):
-        return None
+        return False
+    return _same_without_seeds(parent, cand)
 
 
-class _SeedStripper(ast.NodeTransformer):
-    def visit_Assign(self, node):
-        return None if _seed_target(node.targets, node.value) else self.generic_visit(node)
+def _same_without_seeds(a, b) -> bool:
+    """The two trees (or field values) are equal, positions aside, with seed assignments left out of every
+    statement list (a body left empty by that is a `pass`); stops at the first difference."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        if a and isinstance(a[0], ast.stmt) or b and isinstance(b[0], ast.stmt):
+            a, b = _kept(a), _kept(b)
+        return len(a) == len(b) and all(_same_without_seeds(x, y) for x, y in zip(a, b))
+    if not isinstance(a, ast.AST):
+        return a == b
+    for name in a._fields:
+        here, there = getattr(a, name, None), getattr(b, name, None)
+        if name == "body" and isinstance(here, list) and isinstance(there, list):
+            here, there = _kept(here) or [ast.Pass()], _kept(there) or [ast.Pass()]
+        if not _same_without_seeds(here, there):
+            return False
+    return True
 
-    def visit_AnnAssign(self, node):
-        return None if _seed_target([node.target], node.value) else self.generic_visit(node)
 
-    def visit_AugAssign(self, node):
-        return None if _seed_target([node.target], node.value) else self.generic_visit(node)
+def _kept(statements: list) -> list:
+    return [s for s in statements if not _is_seed_assignment(s)]
 
 
-def _without_seeds(tree: ast.AST) -> ast.AST:
-    tree = _SeedStripper().visit(tree)
-    for node in ast.walk(tree):                 # a body left empty by the removal still compares equal
-        for field in ("body", "orelse", "finalbody"):
-            if getattr(node, field, None) == []:
-                setattr(node, field, [ast.Pass()] if field == "body" else [])
-    return tree
+def _is_seed_assignment(node) -> bool:
+    if isinstance(node, ast.Assign):
+        return _seed_target(node.targets, node.value)
+    if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        return _seed_target([node.target], node.value)
+    return False
 
 
 def _seed_target(targets, value) -> bool:

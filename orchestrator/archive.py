@@ -409,8 +409,9 @@ class Archive:
         self._keep, self._since_packing, self._blob_of, self._tree_of = [], 0, {}, {}
 
     def _load_records(self) -> None:
-        """The ledger's rows (the writer opens the ledger for appending) plus, in memory, the rows of judged
-        trials that a kill kept out of the ledger, from their trailers (repair writes those)."""
+        """The ledger's trial ids (the writer opens the ledger for appending; rows are read on first use, see
+        _all_records) and, in memory, the rows of judged trials that a kill kept out of the ledger, from their
+        trailers (repair writes those)."""
         self._aside = {"moved": [], "backup": None}
         if self._lock is not None:
             try:
@@ -418,16 +419,27 @@ class Archive:
             except ledger.LedgerError:              # repair writes their rows back from the trailers
                 self._aside = ledger.set_aside_unreadable(self.path)
                 self._ledger = ledger.Ledger(self.path)
-            table, self._ledger.loaded = self._ledger.loaded, None
+            self._read_ids = None
         else:
-            table = ledger.read_table(self.path, skip_unreadable=True)
-        self._records = table.to_pylist()
-        in_ledger = {r["trial_id"] for r in self._records}
-        entries, self._unreadable = self._entries_from_trailers(sorted(set(self._judged) - in_ledger))
+            self._read_ids = ledger.trial_ids(self.path, skip_unreadable=True)
+        entries, self._unreadable = self._entries_from_trailers(sorted(set(self._judged) - self._ledger_ids()))
         self._outside_ledger = {row["trial_id"] for row, _ in entries}
-        self._records += [row for row, _ in entries]
-        self._records.sort(key=_record_order)
-        self._records_sorted = True
+        self._extra_rows = {row["trial_id"]: row for row, _ in entries}     # judged rows not in the ledger
+        self._records, self._records_sorted = None, True                   # every row: read on first use
+
+    def _ledger_ids(self) -> set:
+        """Trial ids in the ledger: the writer's ledger keeps them as it appends; a reader's were read at open."""
+        return self._ledger.ids if self._read_ids is None else self._read_ids
+
+    def _all_records(self) -> list[dict]:
+        """Every judged row: the ledger read once, on first use, plus the rows it lacks (_extra_rows)."""
+        if self._records is None:
+            rows = ledger.read_table(self.path, skip_unreadable=True).to_pylist()
+            known = {r["trial_id"] for r in rows}
+            rows += [row for trial_id, row in self._extra_rows.items() if trial_id not in known]
+            rows.sort(key=_record_order)
+            self._records, self._records_sorted = rows, True
+        return self._records
 
     def _entries_from_trailers(self, trial_ids: list[str]) -> tuple[list[tuple[dict, dict]], list[str]]:
         """([(ledger row, trailers)] of judged trials read from their commits, [trials whose record is unreadable])."""
@@ -650,6 +662,7 @@ class Archive:
         returns the judged commit's sha."""
         sha, full = self._record(trial_id, row, promote, expect_head)
         self._outside_ledger.add(trial_id)
+        self._extra_rows[trial_id] = full
         self._add_record(full)
         return sha
 
@@ -796,14 +809,15 @@ class Archive:
         if _format_of(self.repo) == FORMAT_VERSION:
             return
         self._git("prune", "--expire=now")          # the pending commits that format 1 left unreachable
-        wanted = sorted({r[key] for r in self._records for key in ("commit", "parent_commit") if r.get(key)})
+        records = self._all_records()
+        wanted = sorted({r[key] for r in records for key in ("commit", "parent_commit") if r.get(key)})
         lines = "".join(f"{sha}:{SOURCE_FILE}\n" for sha in wanted)
         out = self._git("cat-file", "--batch-check=%(objectname)", stdin=lines).splitlines() if wanted else []
         blob = {sha: line.strip() for sha, line in zip(wanted, out) if not line.endswith(" missing")}
-        for row in self._records:
+        for row in records:
             row["source_hash"] = row.get("source_hash") or blob.get(row.get("commit"))
             row["parent_hash"] = row.get("parent_hash") or blob.get(row.get("parent_commit"))
-        self._ledger.rewrite([r for r in self._records if r["trial_id"] not in self._outside_ledger])
+        self._ledger.rewrite([r for r in records if r["trial_id"] not in self._outside_ledger])
         with self.repo.config_writer() as config:
             config.set_value(*MARKER, FORMAT_VERSION)
             config.set_value("gc", "auto", "0")
@@ -811,17 +825,43 @@ class Archive:
     # ---- records -------------------------------------------------------------------------------------
 
     def _add_record(self, row: dict) -> None:
+        """A row this writer recorded, kept in memory once the rows were read (until then the ledger holds it)."""
+        if self._records is None:
+            return
         if self._records and _record_order(self._records[-1]) > _record_order(row):
             self._records_sorted = False
         self._records.append(row)
 
     def trial_records(self) -> list[dict]:
-        """Every judged trial's ledger row, by finish time: the ledger read at open (plus rows a kill kept out of
-        it, from their trailers) and what this writer recorded since; git is not read per record."""
+        """Every judged trial's ledger row, by finish time: the ledger (read on the first call; plus rows a kill
+        kept out of it, from their trailers) and what this writer recorded since; git is not read per record."""
+        records = self._all_records()
         if not self._records_sorted:
-            self._records.sort(key=_record_order)
+            records.sort(key=_record_order)
             self._records_sorted = True
-        return list(self._records)
+        return list(records)
+
+    def records_of(self, trial_ids) -> list[dict]:
+        """The rows of these judged trials, by finish time, reading only the ledger files that hold them (the
+        newest first) while the whole ledger was not read: what a replay from a state snapshot needs."""
+        wanted = set(trial_ids)
+        if self._records is not None:
+            return [r for r in self.trial_records() if r["trial_id"] in wanted]
+        rows = {t: r for t, r in self._extra_rows.items() if t in wanted}
+        rows.update(ledger.rows_of(self.path, wanted & self._ledger_ids()))
+        return sorted(rows.values(), key=_record_order)
+
+    def ledger_size(self) -> int:
+        """Rows (trials) the ledger holds."""
+        return len(self._ledger_ids())
+
+    def missing_from_ledger(self) -> set:
+        """Judged trials whose ledger row a kill kept out (or whose file is unreadable): repair writes them."""
+        return set(self._judged) - self._ledger_ids()
+
+    def judged_ids(self) -> set:
+        """Ids of every trial git holds as judged (refs/trials/*), ledger or not."""
+        return set(self._judged)
 
     def judged_count(self) -> int:
         """How many trials git holds as judged (refs/trials/*), ledger or not."""
@@ -905,9 +945,11 @@ class Archive:
         report["pending_dropped"] = self._drop_judged_pending()
         report["unreadable_trials"] = problems
         written = self._ledger.extend([row for row, _ in entries])
-        known = {r["trial_id"] for r in self._records}
-        self._records += [row for row, _ in entries if row["trial_id"] not in known]
-        self._records.sort(key=_record_order)
+        self._extra_rows.update((row["trial_id"], row) for row, _ in entries)
+        if self._records is not None:
+            known = {r["trial_id"] for r in self._records}
+            self._records += [row for row, _ in entries if row["trial_id"] not in known]
+            self._records.sort(key=_record_order)
         report["ledger"] = {"written": written, "moved": aside["moved"], "backup": aside["backup"]}
         return report
 

@@ -232,7 +232,7 @@ def cmd_program(args) -> int:
 
 def cmd_status(args) -> int:
     path = check_archive(args.archive)
-    from orchestrator.report import status_text
+    from orchestrator.status import status_text
     print(status_text(path))
     return 0
 

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator import budget as budget_rules
-from orchestrator import config_change, selection
+from orchestrator import config_change, selection, state_snapshot
 from orchestrator.archive import Archive, is_archive, member_names
 from orchestrator.config import Config, ConfigError, seed_source
 from orchestrator.journal import Journal
@@ -25,7 +25,8 @@ from orchestrator.population import (BASELINE, REFERENCE, Job, ledger_row, margi
 from orchestrator.population_state import (ASK_REFERENCE, RUN_AGAIN, WAIT_BASELINE, Culled, PopulationState,
                                            Proposed, Recorded, RunSaved, Started, cull_plan, mutation_rng,
                                            next_step, pick_rng, restore, work_of)
-from orchestrator.replay import record_hash, replay
+from orchestrator.replay import last_snapshot, record_hash, replay_from
+from orchestrator.state_snapshot import SNAPSHOT_EVERY
 from orchestrator.proposers import mutate
 from orchestrator.proposers.base import Proposal
 from orchestrator.proposers.brief import full_brief
@@ -49,6 +50,7 @@ class Driver:
         self.archive_dir = Path(cfg.archive).expanduser().resolve()
         self.state = PopulationState(seed=cfg.seed)   # the population; changed only through self.state.apply
         self.journal: Journal | None = None
+        self.snapshot_every = SNAPSHOT_EVERY  # recorded trials between two state snapshots (state_snapshot.py)
         self.picks = (-1, 0)                # (next trial number, picks made while it was next)
         self.segment = 0                    # the score segment of this run's trials (set by open_archive)
         self.ready: deque[Job] = deque()
@@ -135,7 +137,10 @@ class Driver:
         fixed = self.archive.repair()       # finish whatever write a kill interrupted
         if fixed.get("promotions") or fixed.get("pending_dropped"):
             self.say(f"repaired interrupted writes: {fixed}")
-        self.state = replay(self.archive, self.cfg.seed, self.segment)
+        found = last_snapshot(self.archive, self.cfg.seed, self.segment)
+        self.state = replay_from(self.archive, found, self.cfg.seed, self.segment)
+        if found is None:                   # replayed from the first event: the next resume starts from here
+            self.save_snapshot()
         for p in self.archive.pending():
             work = self.state.work.get(p.trial_id)
             job = restore(self._job_from_pending(p), work)
@@ -157,6 +162,12 @@ class Driver:
         line = self.journaled({"event": "recorded", "trial_id": row["trial_id"], "curve": curve})
         h = row.get("source_hash") or src_hash or record_hash(self.archive, row)
         self.state.apply(Recorded(row, h, line["curve"]))
+        if len(self.state.recorded) % self.snapshot_every == 0:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """The state as of the journal's end, for the next replay (taken where state and journal agree)."""
+        state_snapshot.write(self.archive_dir, self.state, self.journal.size())
 
     def save_work(self, job: Job, slot: dict, waiting: bool, wanted: int = 0) -> None:
         """A trial not judged yet, as a resume must find it: journaled, then in the state."""
@@ -715,6 +726,7 @@ class Driver:
             self.revive(ray)
             alive = [i for i in range(len(self.actors)) if i not in self.lost]
             self.board.tick(ray, [self.actors[i] for i in alive], [self.slots[i] for i in alive])
+        self.save_snapshot()
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)

@@ -15,13 +15,15 @@ def journal_path(archive_dir) -> Path:
     return Path(archive_dir) / JOURNAL_FILE
 
 
-def read(archive_dir) -> list[dict]:
-    """Every whole line of the journal, in order; a torn or unreadable line (a kill mid-write) is skipped."""
+def read(archive_dir, offset: int = 0) -> list[dict]:
+    """Every whole line of the journal from byte `offset` (a line start), in order; a torn or unreadable line
+    (a kill mid-write) is skipped."""
     path = journal_path(archive_dir)
     if not path.exists():
         return []
     lines = []
     with path.open("rb") as handle:
+        handle.seek(offset)
         for raw in handle:
             try:
                 line = json.loads(raw)
@@ -67,6 +69,10 @@ class Journal:
         self.handle.write(data)
         self.handle.flush()
         os.fsync(self.handle.fileno())
+
+    def size(self) -> int:
+        """Bytes written so far: the position after the last whole line."""
+        return self.handle.tell()
 
     def close(self) -> None:
         if not self.handle.closed:

@@ -9,15 +9,19 @@ import numbers
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.spec import STATUSES
+
+if TYPE_CHECKING:
+    import pandas
 
 LEDGER_DIR = "ledger"
 BACKUP_PREFIX = "ledger.corrupt-"      # ARCHIVE/ledger.corrupt-<time>/: files that repair set aside
@@ -110,9 +114,16 @@ def ledger_dir(archive_dir) -> Path:
     return Path(archive_dir) / LEDGER_DIR
 
 
+def _is_missing(value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    pandas = sys.modules.get("pandas")      # pandas' NA and NaT come only from a caller that has pandas loaded
+    return pandas is not None and (value is pandas.NA or value is pandas.NaT)
+
+
 def _coerce(field: pa.Field, value):
     """One value as the plain Python type of its column; None for missing (NaN counts as missing)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+    if _is_missing(value):
         return None
     kind = field.type
     if pa.types.is_string(kind) and isinstance(value, str):
@@ -187,9 +198,57 @@ def ledger_files(archive_dir) -> list[Path]:
     return [folder / n for n in tail + segments]
 
 
-def trial_ids(archive_dir) -> set:
-    """Ids of every trial in the ledger."""
-    return set(read_table(archive_dir).column("trial_id").to_pylist())
+def trial_ids(archive_dir, skip_unreadable: bool = False) -> set:
+    """Ids of every trial in the ledger, reading only that column of each file (see read_table)."""
+    ids = set()
+    for path in ledger_files(archive_dir):
+        try:
+            ids.update(_read_ids(path, archive_dir))
+        except LedgerError:
+            if not skip_unreadable:
+                raise
+    return ids
+
+
+def read_columns(archive_dir, columns: list[str]) -> dict:
+    """{column: [values]} of a few columns over every row (a later file's row of a trial winning, as in
+    read_table), reading only those columns; unreadable files are passed over (their trials show as missing)."""
+    names = ["trial_id", *columns]
+    fields = [SCHEMA.field(name) for name in names]
+    tables = []
+    for path in ledger_files(archive_dir):
+        try:
+            handle = pq.ParquetFile(path)          # not pq.read_table: that loads pyarrow.dataset and pandas
+            table = handle.read(columns=[n for n in names if n in handle.schema_arrow.names])
+            tables.append(pa.Table.from_arrays(
+                [table.column(f.name).cast(f.type) if f.name in table.column_names
+                 else pa.nulls(table.num_rows, f.type) for f in fields], schema=pa.schema(fields)))
+        except (pa.ArrowException, OSError, ValueError, KeyError):
+            continue
+    if not tables:
+        return {name: [] for name in names}
+    return _latest_rows(pa.concat_tables(tables)).to_pydict()
+
+
+def rows_of(archive_dir, wanted) -> dict:
+    """{trial id: row} of the wanted trials, reading files from the newest back until all are found: the tail
+    files, then the segments from the last (recent trials sit there; a twin a killed fold left holds the same
+    row); unreadable files are passed over."""
+    missing, found = set(wanted), {}
+    files = ledger_files(archive_dir)
+    tail = [p for p in files if segment_number(p.name) is None]
+    for path in [*reversed(tail), *reversed(files[len(tail):])]:
+        if not missing:
+            break
+        try:
+            table = _read_file(path, archive_dir)
+        except LedgerError:
+            continue
+        for row in table.to_pylist():
+            if row["trial_id"] in missing:
+                missing.discard(row["trial_id"])
+                found[row["trial_id"]] = row
+    return found
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -221,13 +280,22 @@ def _write_file(path: Path, rows: list[dict], options: dict | None = None) -> No
 def _read_file(path: Path, archive_dir) -> pa.Table:
     """One ledger file, conformed to the schema; LedgerError names the file when it cannot be read."""
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
         columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
                    else pa.nulls(table.num_rows, f.type) for f in SCHEMA]
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise LedgerError(f"{path}: unreadable ledger file ({exc}). Run `popsearch repair {archive_dir}` "
                           "to rebuild the ledger from the archive's commit trailers") from exc
     return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _read_ids(path: Path, archive_dir) -> list[str]:
+    """The trial_id column of one ledger file; LedgerError as _read_file."""
+    try:
+        return pq.ParquetFile(path).read(columns=["trial_id"]).column("trial_id").to_pylist()
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        raise LedgerError(f"{path}: unreadable ledger file ({exc}). Run `popsearch repair {archive_dir}` "
+                          "to rebuild the ledger from the archive's commit trailers") from exc
 
 
 def _latest_rows(table: pa.Table) -> pa.Table:
@@ -256,12 +324,13 @@ def read_table(archive_dir, skip_unreadable: bool = False) -> pa.Table:
     return _concat(tables)
 
 
-def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def sort_frame(frame: "pandas.DataFrame") -> "pandas.DataFrame":
     return frame.sort_values("finished_at", kind="stable", na_position="last").reset_index(drop=True)
 
 
-def read(archive_dir) -> pd.DataFrame:
-    """The whole ledger as a DataFrame with the fixed columns, sorted by finished_at."""
+def read(archive_dir) -> "pandas.DataFrame":
+    """The whole ledger as a DataFrame with the fixed columns, sorted by finished_at (pandas is loaded by
+    to_pandas, for the readers that want frames, not by every writer and status)."""
     return sort_frame(read_table(archive_dir).to_pandas())
 
 
@@ -282,8 +351,8 @@ class Ledger:
         _clear_temps(self.folder)
         self.tail: list[tuple[Path, dict]] = []
         self.segments: list[Path] = []
-        self.loaded = self._load()              # what the folder held at open (the archive takes it)
-        self.ids = set(self.loaded.column("trial_id").to_pylist())
+        self.ids: set = set()                   # every trial id in the ledger
+        self._load()
         self.last_number = max((segment_number(p.name) for p in self.segments), default=0)
 
     def rehome(self, archive_dir) -> None:
@@ -292,36 +361,34 @@ class Ledger:
         self.tail = [(self.folder / p.name, row) for p, row in self.tail]
         self.segments = [self.folder / p.name for p in self.segments]
 
-    def _load(self) -> pa.Table:
-        tail_tables, segment_tables = [], []
+    def _load(self) -> None:
+        """The tail files and the open segment read whole, the closed segments' ids only (the rows stay on disk
+        for readers): opening a ledger of many segments costs one column of each."""
+        tail_tables, segment_ids = [], []
         for path in ledger_files(self.archive_dir):
-            table = _read_file(path, self.archive_dir)
             if segment_number(path.name) is None:
-                tail_tables.append((path, table))
+                tail_tables.append((path, _read_file(path, self.archive_dir)))
             else:
                 self.segments.append(path)
-                segment_tables.append(table)
-        self._drop_replaced_segment(segment_tables)
-        if self.segments and segment_tables[-1].num_rows < self.segment_rows:
-            self.open_rows = segment_tables[-1].to_pylist()
-        folded = set(_concat(segment_tables).column("trial_id").to_pylist())
-        kept = []
+                segment_ids.append(_read_ids(path, self.archive_dir))
+        self._drop_replaced_segment(segment_ids)
+        if self.segments and len(segment_ids[-1]) < self.segment_rows:
+            self.open_rows = _read_file(self.segments[-1], self.archive_dir).to_pylist()
+        self.ids = set().union(*segment_ids)
         for path, table in tail_tables:
-            if table.num_rows == 1 and table.column("trial_id")[0].as_py() in folded:
+            if table.num_rows == 1 and table.column("trial_id")[0].as_py() in self.ids:
                 path.unlink()                       # a fold finished its segment but not the clean-up
                 continue
             self.tail.extend((path, row) for row in table.to_pylist())
-            kept.append(table)
-        return _concat(kept + segment_tables)
+        self.ids.update(row["trial_id"] for _, row in self.tail)
 
-    def _drop_replaced_segment(self, tables: list[pa.Table]) -> None:
+    def _drop_replaced_segment(self, ids: list[list[str]]) -> None:
         """A fold killed before its clean-up leaves the segment it replaced: every row of it is in the next one."""
-        if len(tables) < 2:
+        if len(ids) < 2:
             return
-        last, before = (set(t.column("trial_id").to_pylist()) for t in (tables[-1], tables[-2]))
-        if before <= last:
+        if set(ids[-2]) <= set(ids[-1]):
             self.segments.pop(-2).unlink()
-            tables.pop(-2)
+            ids.pop(-2)
 
     def _write_segment(self, rows: list[dict]) -> None:
         target = self.folder / segment_name(self.last_number + 1)

@@ -87,13 +87,18 @@ class Scores:
     trial_of: dict = field(default_factory=dict)     # (hash, device) -> first trial id judged
     startups: dict = field(default_factory=dict)     # device -> [start-up seconds of seed runs]
     kinds: dict = field(default_factory=dict)        # hash -> [device kinds judged, sorted]: look-ups stay O(1)
+    repeated: dict = field(default_factory=dict)     # (device, budget s) -> {repeats key with >= 2 runs: None}
 
     def add(self, src_hash: str, device: str, result: dict, trial_id: str, scores_it: bool = True) -> None:
         key = (src_hash, device)
         self.judged(src_hash, device, trial_id)
         if result.get("status") == "ok" and result.get("val_bpb") is not None:
             value = float(result["val_bpb"])
-            self.repeats.setdefault((src_hash, device, budget_key(result)), []).append(value)
+            at = (src_hash, device, budget_key(result))
+            values = self.repeats.setdefault(at, [])
+            values.append(value)
+            if len(values) == 2:                     # the noise pools only these: it never walks every source
+                self.repeated.setdefault((device, at[2]), {})[at] = None
             if scores_it:
                 self.by_source.setdefault(key, []).append(value)
             if result.get("loss_curve"):
@@ -122,14 +127,12 @@ class Scores:
         """σ pooled over every source run more than once on this device kind at this budget (plus `extra`,
         the runs of a candidate not recorded yet)."""
         key = round(float(budget or 0.0), 1)
-        groups = [v for (_, dev, b), v in self.repeats.items() if dev == device and b == key]
+        groups = [self.repeats[at] for at in self.repeated.get((device, key), ())]
         return pooled(groups + [list(extra)])
 
     def noise_table(self) -> dict:
         """{(device kind, budget seconds): Noise} over everything recorded."""
-        groups: dict = {}
-        for (_, dev, b), values in self.repeats.items():
-            groups.setdefault((dev, b), []).append(values)
+        groups = {key: [self.repeats[at] for at in keys] for key, keys in self.repeated.items()}
         return noise_by_key(groups)
 
 

@@ -22,12 +22,13 @@ from matplotlib.patches import Patch
 
 from judge.verdict import Rule
 from orchestrator import config_change, ledger
-from orchestrator.archive import SHORT, Archive, LineageEntry, Pending, lock_holder
-from orchestrator.config import Config, from_dict
+from orchestrator.archive import SHORT, Archive, LineageEntry, Pending
 from orchestrator.cost import cost_table
-from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, margins, rule_of,
+from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, rule_of,
                                      run_scores, source_hash)
 from orchestrator.replay import replay
+from orchestrator.status import (archive_config, baseline_text, best_member, elapsed, margin_of, margin_text,
+                                 noise_text, segment_text)
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -62,12 +63,6 @@ class Snapshot(NamedTuple):
 
 def baseline_scores(records: list[dict]) -> list[float]:
     return [v for r in records if r["proposer"] == BASELINE for v in run_scores(r)]
-
-
-def archive_config(archive_dir) -> Config:
-    """The archive's config.yaml (the defaults when it has none)."""
-    saved = config_change.saved_settings(archive_dir)
-    return Config() if saved is None else from_dict(saved)
 
 
 def archive_rule(archive_dir) -> Rule:
@@ -119,17 +114,12 @@ def _seed_runs(trials: pd.DataFrame) -> pd.Series:
 
 
 def noise_margin(snap: Snapshot) -> tuple[float | None, str]:
-    """(margin, what it is): how far below the best head one run must land to clear the selection test, by
-    population.margins (the driver's own rule) on the head's device kind; None before any σ is known."""
+    """(margin, what it is): how far below the best head one run must land to clear the selection test (see
+    status.margin_of); None before any σ is known."""
     best = best_head(snap)
     if best is None or snap.scores is None:
         return None, "none yet (no judged head)"
-    member = best[0]
-    by_kind = margins(snap.scores, snap.head_hashes[member], snap.rule or archive_rule(snap.path))
-    if not by_kind:
-        return None, "none yet (σ unknown: no train.py run twice)"
-    kind = sorted(by_kind)[0]
-    return by_kind[kind], f"one run below {member}'s head on {kind or 'its device'} clears the selection test"
+    return margin_of(snap.scores, best[0], snap.head_hashes[best[0]], snap.rule or archive_rule(snap.path))
 
 
 def leaderboard(snap: Snapshot) -> pd.DataFrame:
@@ -184,14 +174,11 @@ def _baseline_mean(snap: Snapshot) -> float | None:
 
 def best_head(snap: Snapshot) -> tuple[str, float, float | None] | None:
     """(member, val_bpb of its head, gain over the seed runs' mean) of the best-judged head; None if none is judged."""
-    judged = {m: v for m, v in snap.head_scores.items() if v is not None and not pd.isna(v)}
-    current = {m: v for m, v in judged.items() if snap.head_segments.get(m, snap.segment) == snap.segment}
-    judged = current or judged                  # a head scored in an earlier segment is never compared with one now
-    if not judged:
+    member = best_member(snap.head_scores, snap.head_segments, snap.segment)
+    if member is None:
         return None
-    member = min(judged, key=lambda m: (judged[m], m))
-    base = _baseline_mean(snap)
-    return member, judged[member], None if base is None else base - judged[member]
+    base, score = _baseline_mean(snap), snap.head_scores[member]
+    return member, score, None if base is None else base - score
 
 
 def _score_at(snap: Snapshot, member: str, when: float) -> float | None:
@@ -341,8 +328,7 @@ def _time_span(snap: Snapshot) -> tuple[float, float]:
 
 
 def _elapsed(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    return f"+{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"+{minutes}m{int(seconds % 60):02d}s"
+    return "+" + elapsed(seconds)
 
 
 def _lane_svg(entry: LineageEntry, lanes: dict, color: str, kept: pd.DataFrame, x, t_end: float) -> list[str]:
@@ -413,16 +399,11 @@ def _counts(trials: pd.DataFrame, column: str = "status") -> str:
 
 
 def _baseline_line(snap: Snapshot) -> str:
-    base = _baseline_mean(snap)
-    if base is None:
-        return "no seed runs yet"
-    spread = statistics.stdev(snap.baseline) if len(snap.baseline) >= 2 else float("nan")
-    return f"{base:.4f} ± {spread:.4f} (mean ± std of {len(snap.baseline)} runs)"
+    return baseline_text(snap.baseline)
 
 
 def _margin_line(snap: Snapshot) -> str:
-    margin, source = noise_margin(snap)
-    return source if margin is None else f"{margin:.4f} ({source})"
+    return margin_text(*noise_margin(snap))
 
 
 def _best_line(snap: Snapshot) -> str:
@@ -455,26 +436,11 @@ VERDICT_COLUMNS = ("trial_id", "member", "verdict", "val_bpb", "runs", "selectio
 
 
 def noise_band(snap: Snapshot) -> str:
-    """σ of one run on each device kind and budget, pooled over every train.py run more than once there: the
-    Scores.noise_table that the verdicts and margins use."""
-    table = {} if snap.scores is None else snap.scores.noise_table()
-    known = {key: n for key, n in sorted(table.items()) if n.sigma is not None}
-    if not known:
-        return "not measured yet (no train.py run twice)"
-    return "; ".join(f"{device or 'device'} at {budget:g} s: ±{n.sigma:.4f} (dof {n.dof}, {n.sources} source(s))"
-                     for (device, budget), n in known.items())
+    return "not measured yet (no train.py run twice)" if snap.scores is None else noise_text(snap.scores)
 
 
 def segment_line(snap: Snapshot) -> str:
-    """The current score segment and the accepted config changes that started it."""
-    if not snap.config_history:
-        return "segment 0 (the archive's config never changed)"
-    last = [e for e in snap.config_history if e.get("new_segment")]
-    if not last:
-        return f"segment 0; {len(snap.config_history)} accepted config change(s), none of what a score means"
-    changes = ", ".join(f"{c['key']}: {c['old']} -> {c['new']}" for c in last[-1]["changes"])
-    return (f"segment {snap.segment} since trial {last[-1].get('from_trial')} ({changes}); scores of earlier "
-            f"segments are never compared with it")
+    return segment_text(snap.segment, snap.config_history)
 
 
 def verdict_table(snap: Snapshot) -> str:
@@ -533,41 +499,3 @@ def write_report(archive_dir) -> Path:
     costs = pd.concat([cost_table(snap.trials, "proposer"), cost_table(snap.trials, "member")], ignore_index=True)
     _write_atomic(folder / "cost.tsv", costs.to_csv(sep="\t", index=False).encode())
     return folder
-
-
-def _ledger_line(snap: Snapshot) -> str:
-    try:
-        rows = ledger.read(snap.path)
-    except ledger.LedgerError as exc:
-        return f"ledger: {exc}"
-    missing = set(snap.trials["trial_id"]) - set(rows["trial_id"])
-    if missing:
-        return (f"ledger: {len(rows)} rows; {len(missing)} judged trials missing from it "
-                f"(run `popsearch repair {snap.path}`)")
-    return f"ledger: {len(rows)} rows"
-
-
-def status_text(archive_dir) -> str:
-    """`popsearch status`: driver, members with heads and val_bpb, trial counts, pending candidates, ledger health."""
-    snap = snapshot(archive_dir)
-    board = leaderboard(snap)
-    pid = lock_holder(snap.path)
-    lines = [f"archive {snap.path}", f"driver: {'running (pid %d)' % pid if pid else 'not running'}",
-             f"members: {len(snap.heads)} alive, {len(snap.retired)} retired; trials: {len(snap.trials)} judged "
-             f"({_counts(snap.trials)}), {int(_kept(snap.trials).sum())} promoted",
-             f"seed: {_baseline_line(snap)}; margin {_margin_line(snap)}",
-             f"noise: {noise_band(snap)}", f"{segment_line(snap)}", ""]
-    columns = ["member", "head", "head_val_bpb", "best_val_bpb", "trials", "promotions", "status", "forked_from"]
-    if snap.segment:                                   # which heads are scored in this segment, which not yet
-        columns.insert(3, "head_segment")
-    shown = board[columns]
-    lines += [shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"), ""]
-    lines.append(f"pending: {len(snap.pending)}" + (" (queued or running)" if snap.pending else ""))
-    now = time.time()
-    for pend in snap.pending:
-        subject = pend.message.splitlines()[0] if pend.message else ""
-        age = _elapsed(max(0.0, now - snap.pending_since[pend.trial_id]))[1:]
-        lines.append(f"  {pend.trial_id}  {pend.member or '-'}  {pend.proposer}  {subject}  ({age} ago)")
-    lines += _imported_section(snap, "imported history (the adopted project's own val_bpb, never compared):")
-    lines.append(_ledger_line(snap))
-    return "\n".join(lines) + "\n"

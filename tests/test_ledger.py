@@ -124,7 +124,7 @@ def test_rewrite_folds_an_old_one_file_per_row_ledger(tmp_path):
         old.to_parquet(folder / ledger.file_name(row(f"t{i}", float(i))))
     book = ledger.Ledger(tmp_path, segment_rows=2)
     assert len(book.tail) == 5
-    rows = [{**r, "source_hash": f"{r['trial_id']}-hash"} for r in book.loaded.to_pylist()]
+    rows = [{**r, "source_hash": f"{r['trial_id']}-hash"} for r in ledger.read_table(tmp_path).to_pylist()]
     book.rewrite(rows)
     assert [p.name for p in ledger.ledger_files(tmp_path)] == [f"segment-00000{i}.parquet" for i in (1, 2, 3)]
     frame = ledger.read(tmp_path)

@@ -67,6 +67,7 @@ def config(tmp_path, seed=0) -> Config:
 def start(cfg: Config) -> Driver:
     """A driver as `run` makes one, without Ray: archive opened (or resumed), state rebuilt, two fake slots."""
     d = Driver(cfg, out=io.StringIO())
+    d.snapshot_every = 2                # state snapshots mid-run, so replays start from one (and from none)
     d.open_archive()
     d.rebuild()
     d.board = LiveBoard(d.out)
@@ -81,8 +82,11 @@ def differences(live, rebuilt) -> list[str]:
 
 
 def assert_replays(d: Driver, step: str) -> None:
-    rebuilt = replay(d.archive, d.cfg.seed)
-    assert d.state == rebuilt, f"after {step}: " + "; ".join(differences(d.state, rebuilt))
+    """The live state equals the replay from the last state snapshot and the replay of the whole journal."""
+    for use_snapshot in (True, False):
+        rebuilt = replay(d.archive, d.cfg.seed, use_snapshot=use_snapshot)
+        assert d.state == rebuilt, (f"after {step} (snapshot {use_snapshot}): "
+                                    + "; ".join(differences(d.state, rebuilt)))
 
 
 def slot_for(job, rng) -> int:

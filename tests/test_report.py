@@ -19,7 +19,8 @@ from orchestrator.archive import Archive
 from orchestrator.config import Config, SelectionConfig
 from orchestrator.population import rule_of
 from orchestrator.report import (best_head, leaderboard, noise_band, noise_margin, progress_figure, snapshot,
-                                status_text, write_report)
+                                write_report)
+from orchestrator.status import status_text
 
 SEED = "LR = 0.01\n"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 
+from judge.source_tree import parsed
+
 START_MARKER = "# --- hyperparameters ---"
 END_MARKER = "# --- end hyperparameters ---"
 LITERAL_TYPES = (bool, int, float, str, tuple, list)
@@ -49,7 +51,7 @@ _NOT_LITERAL = object()
 
 def _constant_nodes(source: str) -> list[tuple[str, ast.expr, object]]:
     """(name, value node, value) for every constant assignment in the block, in source order."""
-    tree = ast.parse(source)
+    tree = parsed(source)
     span = _marker_lines(source)
     found = []
     for stmt in tree.body:
@@ -147,5 +149,5 @@ def apply_overrides(source: str, overrides: dict) -> str:
     for begin, end, text in sorted(edits, reverse=True):
         data = data[:begin] + text + data[end:]
     result = data.decode("utf-8")
-    ast.parse(result)
+    parsed(result)                 # it still parses (and the readers after this find it parsed)
     return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 
+from judge.source_tree import parsed
+
 ALLOWED_MODULES = ("torch", "math", "time", "os", "dataclasses", "functools", "itertools", "collections",
                    "typing", "numpy", "__future__", "enum", "abc", "contextlib",
                    "prepare")          # popsearch's own prepare for adopted scripts (trainer/adopted.py)
@@ -43,10 +45,10 @@ FILE_READERS = frozenset({"load", "loadtxt", "genfromtxt", "fromregex", "read_te
 PATCH_HELPERS = frozenset({"setattr", "delattr"})
 
 
-def check_source(source: str, filename: str = "train.py") -> list[str]:
+def check_source(source: str) -> list[str]:
     """Problems found in the source, each "line N: what"; [] when it passes."""
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parsed(source)
     except SyntaxError as exc:
         return [f"line {exc.lineno or 0}: syntax error: {exc.msg}"]
     modules, imported = _bound_names(tree)
@@ -58,9 +60,11 @@ def check_source(source: str, filename: str = "train.py") -> list[str]:
 def _bound_names(tree: ast.AST) -> tuple[dict, set]:
     """modules: local name -> dotted module path (import aliases and names bound to module attribute
     chains); imported: names bound by `from X import name` (functions and classes of fixed modules)."""
-    modules, imported = {}, set()
+    modules, imported, assigns = {}, set(), []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            assigns.append(node)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
                     modules[alias.asname] = alias.name
@@ -75,13 +79,12 @@ def _bound_names(tree: ast.AST) -> tuple[dict, set]:
     changed = True
     while changed:                      # F = torch.nn.functional ; G = F  (aliases of modules)
         changed = False
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                path = _dotted(node.value, modules)
-                name = node.targets[0].id
-                if path and name not in modules:
-                    modules[name] = path
-                    changed = True
+        for node in assigns:
+            path = _dotted(node.value, modules)
+            name = node.targets[0].id
+            if path and name not in modules:
+                modules[name] = path
+                changed = True
     return modules, imported
 
 

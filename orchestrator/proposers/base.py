@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from judge.adopted import ADOPTED, protocol
+from judge.source_tree import parsed
 
 TRAIN_PY = "train.py"                    # the one file of a member's tree that candidates may change
 MAX_MESSAGE_CHARS = 4000                 # longer commit messages are cut
@@ -56,7 +57,7 @@ def validate_source(source: str) -> tuple[bool, str]:
     """(ok, reason): the source parses, defines build_model() without required arguments at module
     level, and keeps its training under `if __name__ == "__main__":`; or follows the adopted protocol."""
     try:
-        tree = ast.parse(source, filename=TRAIN_PY)
+        tree = parsed(source)
     except SyntaxError as exc:
         return False, f"{TRAIN_PY} line {exc.lineno}: syntax error: {exc.msg}"
     if protocol(source) == ADOPTED:

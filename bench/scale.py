@@ -169,7 +169,7 @@ def driver_window(archive: Path, trials: int) -> dict:
     before = 0
     if is_archive(archive):
         with Archive(archive, writer=False) as arch:
-            before = len(arch.trial_records())
+            before = arch.ledger_size()
     driver = bench_driver(config(archive, 0))
     start = time.perf_counter()
     driver.open_archive()

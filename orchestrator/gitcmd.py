@@ -1,9 +1,13 @@
 """The one way popsearch runs git as a subprocess (archive, agent, adopt, inbox): `git()` runs one command.
 
-`RefTransactions` keeps one `git update-ref --stdin` open and applies each batch of ref updates atomically."""
+`RefTransactions` keeps one `git update-ref --stdin` open and applies each batch of ref updates atomically;
+`write_object` writes a loose object the way git does, without a process per object."""
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
+import zlib
 from pathlib import Path
 
 
@@ -27,6 +31,26 @@ def git(cwd, *args: str, stdin: str | bytes | None = None, binary: bool = False,
         why = done.stderr.decode(errors="replace").strip()
         raise GitFailed(f"git {' '.join(args)} in {cwd} failed: {why}", why)
     return done.stdout if binary else done.stdout.decode("utf-8", "replace")
+
+
+def write_object(git_dir, kind: str, data: bytes) -> str:
+    """A loose object as git writes one — zlib of "<kind> <size>\\0<data>" at objects/<2 hex>/<38 hex>, through a
+    temp file (tmp_obj_*, git's own prefix: `git prune` clears one a kill left) renamed into place; its sha."""
+    body = f"{kind} {len(data)}\0".encode("ascii") + data
+    sha = hashlib.sha1(body).hexdigest()
+    folder = Path(git_dir) / "objects" / sha[:2]
+    path = folder / sha[2:]
+    if path.exists():
+        return sha
+    folder.mkdir(exist_ok=True)
+    temp = folder / f"tmp_obj_{os.getpid()}_{sha[2:10]}"
+    try:
+        temp.write_bytes(zlib.compress(body))
+        temp.chmod(0o444)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return sha
 
 
 class RefTransactions:

@@ -386,3 +386,22 @@ def test_an_archive_of_the_first_layout_is_migrated_on_open(tmp_path):
         propose(arch, "b", "t3", SEED + "# after\n")
         assert arch.finish("t3", result(1.3), promote=False)["parent_hash"] == source_hash(SEED)
     assert ledger.read(path)["trial_id"].tolist() == ["t0", "t1", "t2", "t3"]
+
+
+def test_objects_written_without_git_read_back_as_gits_own(tmp_path):
+    """gitcmd.write_object: the sha `git hash-object` gives, the bytes `git cat-file` gives back, a clean fsck."""
+    from orchestrator.gitcmd import write_object
+    git(tmp_path, "init", "-q")
+    data = "x = 1\n# é\n".encode()
+    sha = write_object(tmp_path / ".git", "blob", data)
+    expected = subprocess.run(["git", "hash-object", "--stdin"], cwd=tmp_path, input=data, capture_output=True,
+                              check=True).stdout.decode().strip()
+    assert sha == expected
+    shown = subprocess.run(["git", "cat-file", "blob", sha], cwd=tmp_path, capture_output=True, check=True).stdout
+    assert shown == data
+    tree = write_object(tmp_path / ".git", "tree", f"100644 train.py\0".encode() + bytes.fromhex(sha))
+    assert git(tmp_path, "ls-tree", tree) == f"100644 blob {sha}\ttrain.py"
+    path = tmp_path / ".git" / "objects" / sha[:2] / sha[2:]
+    stamp = path.stat().st_mtime_ns
+    assert write_object(tmp_path / ".git", "blob", data) == sha and path.stat().st_mtime_ns == stamp  # kept as is
+    assert subprocess.run(["git", "fsck", "--full", "--strict"], cwd=tmp_path, capture_output=True).returncode == 0

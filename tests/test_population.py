@@ -1,6 +1,7 @@
 """The whole loop for real: a local Ray cluster, CPU trials, a git archive and its ledger.
 
-Covers a run to completion (a rule-breaking agent among its proposers), SIGKILL of the driver and resume, and of an actor."""
+Covers a run to completion (a rule-breaking agent among its proposers, an actor SIGKILLed mid-trial), and SIGKILL
+of the driver and resume."""
 from __future__ import annotations
 
 import os
@@ -50,9 +51,29 @@ def ledger(archive: Path) -> pd.DataFrame:
     return pd.read_parquet(archive / "ledger")
 
 
+def kill_an_actor_mid_trial(proc: subprocess.Popen) -> tuple[int, int]:
+    """SIGKILL a TrialWorker actor of this driver while a trial process of its runs; (trial pid, actor pid)."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        for pid in trial_processes():
+            try:
+                actor = parent_of(pid)
+                if ("TrialWorker" in Path(f"/proc/{actor}/cmdline").read_text(errors="replace")
+                        and descends_from(actor, proc.pid)):
+                    os.kill(actor, signal.SIGKILL)
+                    return pid, actor
+            except (OSError, ValueError, IndexError):
+                continue
+        assert proc.poll() is None, "the run ended before a trial process under a TrialWorker actor was seen"
+        time.sleep(0.3)
+    raise AssertionError("no trial process under a TrialWorker actor was seen")
+
+
 def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec, cache_root):
     """A population runs to its end with both proposers; an agent that breaks the rules (it edits another
-    file) is recorded as rejected with its log, and the population goes on (one run checks both)."""
+    file) is recorded as rejected with its log, and the population goes on; a trial actor SIGKILLed in the
+    middle of a trial has that trial run again and recorded as an infrastructure failure of an ok trial, its
+    trial process gone with it (one run checks all three)."""
     cfg = small_config(tmp_path, cache_root)
     data = yaml.safe_load(cfg.read_text())
     fake = Path(__file__).parent / "fake_agent.py"
@@ -61,11 +82,24 @@ def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec,
                                           "--program {program} --history {history}"}
     data["stop"]["max_trials"] = 8            # 2 seed runs, then room for the agent's rejections and mutations
     cfg.write_text(yaml.safe_dump(data))
-    proc = run_cli(["run", str(cfg)])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(POPSEARCH + ["run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    victim, _ = kill_an_actor_mid_trial(proc)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
     archive = tmp_path / "archive"
     df = ledger(archive)
     assert len(df) >= 8
+    assert "infrastructure failure" in out
+    hit = df[df.infra_failures >= 1]                # recorded as infrastructure, not the candidate's fault,
+    assert len(hit) >= 1 and (hit.status == "ok").all()       # and run again to a verdict
+    assert not Archive.open(archive, writer=False).pending()
+    deadline = time.time() + 10                    # the trial process died with its actor (PR_SET_PDEATHSIG)
+    while time.time() < deadline and Path(f"/proc/{victim}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{victim}").exists() or "Z" in Path(f"/proc/{victim}/stat").read_text().split()[2]
     assert df["trial_id"].is_unique
     base = df[df.proposer == "baseline"]
     assert len(base) == 2 and (base.status == "ok").all()
@@ -84,7 +118,7 @@ def test_run_to_completion_leaves_archive_ledger_and_report(tmp_path, data_spec,
     report = archive / "report"
     for name in ("leaderboard.tsv", "progress.png", "lineage.svg"):
         assert (report / name).stat().st_size > 100, name
-    assert "t00000" in proc.stdout            # a line per finished trial
+    assert "t00000" in out                    # a line per finished trial
     status = run_cli(["status", str(archive)])
     assert status.returncode == 0 and "m0" in status.stdout
     assert overlapped_runs(df) >= 1
@@ -183,43 +217,3 @@ def descends_from(pid: int, ancestor: int) -> bool:
             return True
         pid = parent_of(pid)
     return False
-
-
-def test_sigkill_of_a_trial_actor_redispatches_its_trial(tmp_path, data_spec, cache_root):
-    cfg = small_config(tmp_path, cache_root)
-    data = yaml.safe_load(cfg.read_text())
-    data["budget"]["seconds"] = 5.0
-    data["stop"]["max_trials"] = 4
-    cfg.write_text(yaml.safe_dump(data))
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(POPSEARCH + ["run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)
-    victim = None
-    deadline = time.time() + 240
-    while time.time() < deadline and victim is None:
-        for pid in trial_processes():
-            try:
-                actor = parent_of(pid)
-                if ("TrialWorker" in Path(f"/proc/{actor}/cmdline").read_text(errors="replace")
-                        and descends_from(actor, proc.pid)):
-                    victim = (pid, actor)
-                    break
-            except (OSError, ValueError, IndexError):
-                continue
-        time.sleep(0.3)
-    assert victim, "no trial process under a TrialWorker actor was seen"
-    os.kill(victim[1], signal.SIGKILL)          # the actor process dies in the middle of a trial
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out[-4000:]
-    assert "infrastructure failure" in out
-    df = ledger(tmp_path / "archive")
-    assert df.trial_id.is_unique and len(df) >= 4
-    assert (df.infra_failures >= 1).any()                      # recorded as infrastructure, not the candidate's fault
-    hit = df[df.infra_failures >= 1]
-    assert (hit.status == "ok").all()                         # and the trial was run again to a verdict
-    assert not Archive.open(tmp_path / "archive", writer=False).pending()
-    deadline = time.time() + 10                    # the trial process died with its actor (PR_SET_PDEATHSIG)
-    while time.time() < deadline and Path(f"/proc/{victim[0]}").exists():
-        time.sleep(0.2)
-    assert not Path(f"/proc/{victim[0]}").exists() or "Z" in Path(f"/proc/{victim[0]}/stat").read_text().split()[2]

@@ -82,6 +82,12 @@ def bench_driver(cfg):
 
     class BenchDriver(Driver):
         record_seconds: list = []
+        snapshot_seconds: list = []
+
+        def save_snapshot(self) -> None:
+            start = time.perf_counter()
+            super().save_snapshot()
+            self.snapshot_seconds.append(time.perf_counter() - start)
 
         def start_actors(self, ray) -> None:
             rng = random.Random(1)
@@ -181,12 +187,15 @@ def driver_window(archive: Path, trials: int) -> dict:
     driver.board = LiveBoard(io.StringIO())
     driver.start_actors(ray)
     driver.record_seconds.clear()
+    driver.snapshot_seconds.clear()
     loop_start = time.perf_counter()
     driver.loop(ray)
-    loop = time.perf_counter() - loop_start
+    snapshots = sum(driver.snapshot_seconds)            # the one at the loop's end; every SNAPSHOT_EVERY records
+    loop = time.perf_counter() - loop_start - snapshots
     finished = len(driver.record_seconds)
     driver.archive.close()
     return {"open": opened - start, "resume": resumed - start, "loop_per_trial": loop / max(1, finished),
+            "snapshot": snapshots / max(1, len(driver.snapshot_seconds)),
             "record_in_loop": sum(driver.record_seconds) / max(1, finished), "window": finished, "before": before}
 
 
@@ -250,7 +259,8 @@ def run_sizes(sizes: list[int], workdir: Path) -> list[dict]:
 ROWS = [("trials in the archive", "n", "{:.0f}"),
         ("record one trial, fill (add_pending + finish), ms", "record_fill", "{:.1f}", 1000),
         ("record one trial in the driver loop (finish), ms", "record_in_loop", "{:.1f}", 1000),
-        ("driver loop per finished trial, ms", "loop_per_trial", "{:.1f}", 1000),
+        ("driver loop per finished trial (state snapshots aside), ms", "loop_per_trial", "{:.1f}", 1000),
+        ("write one state snapshot (every 1,000 records and at the end), s", "snapshot", "{:.2f}"),
         ("open_archive, s", "open", "{:.2f}"),
         ("resume after a fill (replays the filled trials), s", "resume_fill", "{:.2f}"),
         ("resume (open_archive + rebuild; from the state snapshot), s", "resume", "{:.2f}"),
@@ -278,7 +288,8 @@ def table(columns: dict[str, list[dict]]) -> str:
 HOW = f"""How: configs/cluster.yaml (8 members), {GPUS} fake GPU actors answering at once, no Ray. At each size the archive
 is filled through Archive.add_pending + finish (as the driver calls them, but with no journal line) to size - {2 * WINDOW}; the real
 Driver resumes it (open_archive + rebuild, timed: it replays the filled trials and leaves a state snapshot) and runs {WINDOW}
-trials through Driver.loop; a second Driver resumes from that snapshot (timed) and runs {WINDOW} more (loop and finish() timed).
+trials through Driver.loop; a second Driver resumes from that snapshot (timed) and runs {WINDOW} more (loop and finish() timed;
+the state snapshot the loop writes at its end is timed on a row of its own, not in the loop's).
 status: `python -m orchestrator.cli status` in a new process (imports included) and status_text() in process;
 report: write_report(); disk: bytes and inodes of every file and folder under the archive, over the trials."""
 

@@ -232,6 +232,8 @@ def cmd_program(args) -> int:
 
 def cmd_status(args) -> int:
     path = check_archive(args.archive)
+    import gc
+    gc.disable()        # a short-lived reader that builds big structures and frees none: collections only cost
     from orchestrator.status import status_text
     print(status_text(path))
     return 0

@@ -615,10 +615,12 @@ class Driver:
         self.resume_parked(job, device)
 
     def resume_parked(self, ref: Job, device: str) -> None:
-        """A head's reference runs are done (or lost): decide the candidates parked on that device kind."""
+        """A head's reference runs are done (or lost): decide the candidates parked on that device kind. A
+        decision can reach this again (its record triggers a cull, which stops a retired member's reference):
+        a key that nested call took is done."""
         self.referencing.discard((ref.hash, ref.device_kind or device))
         for key in [k for k in self.parked if k[1] == device]:
-            for parked, last, its_slot in self.parked.pop(key):
+            for parked, last, its_slot in self.parked.pop(key, []):
                 self.decide(parked, last, its_slot, device)
 
     def on_baseline(self, job: Job, result: dict, slot: dict, device: str) -> None:

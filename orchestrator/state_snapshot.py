@@ -6,6 +6,7 @@ snapshot that is missing, unreadable, of another format, seed or score segment, 
 of today's journal is ignored and the whole journal is replayed. Pure JSON; no git, torch or Ray."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -111,6 +112,8 @@ def write(archive_dir, state: PopulationState, journal_bytes: int) -> None:
 def read(archive_dir, seed: int, segment: int, journal_file: Path) -> Snapshot | None:
     """The snapshot if it can stand for the journal before its position: same format, seed and segment, and
     its position is a line end of `journal_file` as it is now; else None (replay everything)."""
+    collecting = gc.isenabled()
+    gc.disable()                 # millions of new objects, none garbage: collection passes would only walk them
     try:
         body = json.loads(snapshot_path(archive_dir).read_text(encoding="utf-8"))
         at = int(body["journal_bytes"])
@@ -119,6 +122,9 @@ def read(archive_dir, seed: int, segment: int, journal_file: Path) -> Snapshot |
         state = decode(body["state"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    finally:
+        if collecting:
+            gc.enable()
     if state.seed != seed or state.segment != segment:
         return None
     return Snapshot(state, at)

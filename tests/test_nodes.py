@@ -230,7 +230,7 @@ def test_ray_job_stop_then_submit_again_resumes(cluster, tmp_path, cache_root, d
     stop is run, none recorded before it is run again, nothing written into the uploaded working dir."""
     archive = (tmp_path / "archive").resolve()
     workdir = tmp_path / "job"                     # the upload holds only the config
-    write_config(workdir, archive, cache_root, max_trials=4)
+    write_config(workdir, archive, cache_root, max_trials=3)
     first = submit(cluster, workdir)
     wait_until(lambda: not ledger(archive).empty or job_status(cluster, first), "a first trial recorded")
     job(cluster, "stop", first)
@@ -253,7 +253,7 @@ def test_ray_job_stop_then_submit_again_resumes(cluster, tmp_path, cache_root, d
     assert set(pending) <= set(records) | set(left) and set(pending) & set(records), logs   # none lost
     after = df.set_index("trial_id").finished_at.to_dict()
     assert all(after[t] == v for t, v in before.items()), logs           # none run twice
-    assert len(df) >= 4 and (df.status == "ok").any(), logs               # the population ran to its end
+    assert len(df) >= 3 and (df.status == "ok").any(), logs               # the population ran to its end
     assert not (workdir / "ledger").exists(), logs                       # nothing written into the upload
     print(f"\njob stopped with {sorted(before)} recorded and {sorted(pending)} pending; resubmitted: "
           f"{sorted(after)} recorded once each")

@@ -330,6 +330,52 @@ def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tm
         d.close()
 
 
+def test_a_cull_while_parked_candidates_are_decided_retires_the_member_of_the_next(tmp_path):
+    """A head's reference runs end and the candidates parked on that device kind are decided in turn; the first
+    decision's record brings a cull that retires the member of a candidate parked under another head: the cull
+    discards that one and the decisions go on (bench/scale.py at 100k trials met this as a KeyError)."""
+    cfg = config(tmp_path)
+    cfg.population.size = 2
+    cfg.selection.cull_every, cfg.selection.head_runs, cfg.selection.confirm_head_runs = 3, 1, 1
+    cfg.selection.max_runs = 1                 # one run decides (σ is unknown on cpu-b: it would run again)
+    d = start(cfg)
+    try:
+        d.seed_baseline()
+        for value in (2.00, 2.02):
+            d.on_result(d.ready.popleft(), result(value), SLOTS[0])
+
+        def candidate(member, **changes):
+            head = d.archive.heads()[member]
+            src = d.archive.source(head)
+            consts = read_constants(src)
+            new = apply_overrides(src, {k: type(consts[k])(v) for k, v in changes.items()})
+            job = d.enqueue(Proposal(member=member, parent_commit=head, source=new, proposer="mutate",
+                                     message=str(changes)))
+            d.ready.remove(job)
+            return job
+
+        win = candidate("m0", MATRIX_LR=0.03)
+        d.on_result(win, result(1.80), SLOTS[0])
+        d.ready.remove(win)
+        d.on_result(win, result(1.81), SLOTS[0])                    # m0 promoted: two heads now
+        d.on_result(candidate("m1", MATRIX_LR=0.01), result(2.40), SLOTS[0])     # m1 stalls
+        first = candidate("m0", EMBED_LR=0.3)
+        d.on_result(first, result(2.5, "cpu-b"), SLOTS[1])          # parked under (m0's head, cpu-b)
+        second = candidate("m1", EMBED_LR=0.2)
+        d.on_result(second, result(2.2, "cpu-b"), SLOTS[1])         # parked under (the seed, cpu-b)
+        assert len(d.parked) == 2
+        ref = next(j for j in d.ready if j.proposer == REFERENCE and j.member == "m0")
+        d.ready.remove(ref)
+        d.on_result(ref, result(1.82, "cpu-b"), SLOTS[1])           # first decided: the third candidate, a cull
+        rows = {r["trial_id"]: r for r in d.archive.trial_records()}
+        assert "m1" in d.archive.retired() and rows[first.trial_id]["verdict"] == "discard"
+        assert rows[second.trial_id]["verdict"] == "discard" and "retired" in rows[second.trial_id]["decided_by"]
+        assert not d.parked
+        assert_replays(d, "the cull amid the parked decisions")
+    finally:
+        d.close()
+
+
 def test_reference_runs_a_resume_finds_queued_are_not_asked_for_twice(tmp_path):
     d = start(config(tmp_path))
     d.seed_baseline()

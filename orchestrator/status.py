@@ -98,11 +98,14 @@ def member_counts(rows: dict) -> dict:
     for member, proposer, status, promoted, value in zip(*(rows[c] for c in COUNTED)):
         if proposer == BASELINE:
             continue
-        mine = out.setdefault(member, [0, 0, None])
+        mine = out.get(member)
+        if mine is None:
+            mine = out[member] = [0, 0, None]
         mine[0] += 1
-        mine[1] += bool(promoted)
+        if promoted:
+            mine[1] += 1
         if status == "ok" and value is not None and value == value and (mine[2] is None or value < mine[2]):
-            mine[2] = value
+            mine[2] = value                  # value == value: not NaN
     return out
 
 

@@ -77,3 +77,28 @@ def test_a_snapshot_that_does_not_fit_the_archive_is_ignored(tmp_path):
         assert replay(d.archive, d.cfg.seed) == d.state                       # the whole journal instead
     finally:
         d.close()
+
+
+def test_scores_of_every_shape_read_back_equal():
+    """A promotion's selection runs (in repeats, not scoring), runs at two budgets, a curve, a source judged with
+    no ok run, device kinds with spaces: the columns read back as the Scores they were."""
+    from orchestrator.population import Scores
+    scores = Scores()
+
+    def ok(value, budget=300.0, curve=None):
+        return {"status": "ok", "val_bpb": value, "budget_seconds": budget, "loss_curve": curve}
+
+    scores.add("a" * 40, "NVIDIA H200", ok(1.0, curve=[[0.5, 3.2], [1.0, 2.9]]), "t00001")
+    scores.add("a" * 40, "NVIDIA H200", ok(1.1), "t00004")
+    scores.add("b" * 40, "NVIDIA H200", ok(0.9), "t00002", scores_it=False)     # a promotion's selection run
+    scores.add("b" * 40, "NVIDIA H200", ok(0.95), "t00002")
+    scores.add("b" * 40, "cpu x", ok(2.0, budget=60.0), "t00003")
+    scores.add("b" * 40, "cpu x", ok(2.1, budget=120.0), "t00005")
+    scores.add("c" * 40, "cpu x", {"status": "crash", "val_bpb": None}, "t00006")
+    data = json.loads(json.dumps(state_snapshot.encode_scores(scores)))
+    back = state_snapshot.decode_scores(data)
+    assert back == scores
+    back.add("a" * 40, "NVIDIA H200", ok(1.2), "t00007")                   # lists are not shared
+    key = ("a" * 40, "NVIDIA H200")
+    assert back.repeats[(*key, 300.0)] == back.by_source[key] == [1.0, 1.1, 1.2]
+    assert scores.by_source[("a" * 40, "NVIDIA H200")] == [1.0, 1.1]

@@ -422,7 +422,6 @@ class Archive:
         else:
             self._read_ids = ledger.trial_ids(self.path, skip_unreadable=True)
         entries, self._unreadable = self._entries_from_trailers(sorted(set(self._judged) - self._ledger_ids()))
-        self._outside_ledger = {row["trial_id"] for row, _ in entries}
         self._extra_rows = {row["trial_id"]: row for row, _ in entries}     # judged rows not in the ledger
         self._records, self._records_sorted = None, True                   # every row: read on first use
 
@@ -660,7 +659,6 @@ class Archive:
         """Record a judged candidate in git only (finish() adds the ledger row; repair writes a missing one);
         returns the judged commit's sha."""
         sha, full = self._record(trial_id, row, promote, expect_head)
-        self._outside_ledger.add(trial_id)
         self._extra_rows[trial_id] = full
         self._add_record(full)
         return sha
@@ -816,7 +814,7 @@ class Archive:
         for row in records:
             row["source_hash"] = row.get("source_hash") or blob.get(row.get("commit"))
             row["parent_hash"] = row.get("parent_hash") or blob.get(row.get("parent_commit"))
-        self._ledger.rewrite([r for r in records if r["trial_id"] not in self._outside_ledger])
+        self._ledger.rewrite([r for r in records if r["trial_id"] not in self._extra_rows])
         with self.repo.config_writer() as config:
             config.set_value(*MARKER, FORMAT_VERSION)
             config.set_value("gc", "auto", "0")
@@ -944,7 +942,6 @@ class Archive:
         report["pending_dropped"] = self._drop_judged_pending()
         report["unreadable_trials"] = problems
         written = self._ledger.extend([row for row, _ in entries])
-        self._extra_rows.update((row["trial_id"], row) for row, _ in entries)
         if self._records is not None:
             known = {r["trial_id"] for r in self._records}
             self._records += [row for row, _ in entries if row["trial_id"] not in known]

@@ -21,17 +21,9 @@ def read(archive_dir, offset: int = 0) -> list[dict]:
     path = journal_path(archive_dir)
     if not path.exists():
         return []
-    lines = []
     with path.open("rb") as handle:
         handle.seek(offset)
-        for raw in handle:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event"):
-                lines.append(line)
-    return lines
+        return list(_events(handle))
 
 
 def first(archive_dir) -> dict | None:
@@ -40,14 +32,18 @@ def first(archive_dir) -> dict | None:
     if not path.exists():
         return None
     with path.open("rb") as handle:
-        for raw in handle:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event"):
-                return line
-    return None
+        return next(_events(handle), None)
+
+
+def _events(handle):
+    """The whole event lines of an open journal from where it stands; torn or unreadable lines skipped."""
+    for raw in handle:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("event"):
+            yield line
 
 
 class Journal:

@@ -200,31 +200,14 @@ def ledger_files(archive_dir) -> list[Path]:
 
 def trial_ids(archive_dir, skip_unreadable: bool = False) -> set:
     """Ids of every trial in the ledger, reading only that column of each file (see read_table)."""
-    ids = set()
-    for path in ledger_files(archive_dir):
-        try:
-            ids.update(_read_ids(path, archive_dir))
-        except LedgerError:
-            if not skip_unreadable:
-                raise
-    return ids
+    return set().union(*_each_readable(archive_dir, _read_ids, skip_unreadable))
 
 
 def read_columns(archive_dir, columns: list[str]) -> dict:
     """{column: [values]} of a few columns over every row (a later file's row of a trial winning, as in
     read_table), reading only those columns; unreadable files are passed over (their trials show as missing)."""
     names = ["trial_id", *columns]
-    fields = [SCHEMA.field(name) for name in names]
-    tables = []
-    for path in ledger_files(archive_dir):
-        try:
-            handle = pq.ParquetFile(path)          # not pq.read_table: that loads pyarrow.dataset and pandas
-            table = handle.read(columns=[n for n in names if n in handle.schema_arrow.names])
-            tables.append(pa.Table.from_arrays(
-                [table.column(f.name).cast(f.type) if f.name in table.column_names
-                 else pa.nulls(table.num_rows, f.type) for f in fields], schema=pa.schema(fields)))
-        except (pa.ArrowException, OSError, ValueError, KeyError):
-            continue
+    tables = list(_each_readable(archive_dir, lambda path, where: _read_file(path, where, names), True))
     if not tables:
         return {name: [] for name in names}
     return _latest_rows(pa.concat_tables(tables)).to_pydict()
@@ -277,25 +260,44 @@ def _write_file(path: Path, rows: list[dict], options: dict | None = None) -> No
         temp.unlink(missing_ok=True)
 
 
-def _read_file(path: Path, archive_dir) -> pa.Table:
-    """One ledger file, conformed to the schema; LedgerError names the file when it cannot be read."""
+def _unreadable(path: Path, archive_dir, exc: Exception) -> LedgerError:
+    return LedgerError(f"{path}: unreadable ledger file ({exc}). Run `popsearch repair {archive_dir}` "
+                       "to rebuild the ledger from the archive's commit trailers")
+
+
+def _read_file(path: Path, archive_dir, names: list[str] | None = None) -> pa.Table:
+    """One ledger file (only the columns `names`, when given), conformed to the schema: a column the file lacks
+    reads as nulls. pq.ParquetFile, not pq.read_table (that loads pyarrow.dataset and pandas). LedgerError names
+    the file when it cannot be read."""
+    fields = list(SCHEMA) if names is None else [SCHEMA.field(name) for name in names]
     try:
-        table = pq.ParquetFile(path).read()
-        columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
-                   else pa.nulls(table.num_rows, f.type) for f in SCHEMA]
+        handle = pq.ParquetFile(path)
+        present = handle.schema_arrow.names
+        table = handle.read(columns=[f.name for f in fields if f.name in present])
+        columns = [table.column(f.name).cast(f.type) if f.name in present
+                   else pa.nulls(table.num_rows, f.type) for f in fields]
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise LedgerError(f"{path}: unreadable ledger file ({exc}). Run `popsearch repair {archive_dir}` "
-                          "to rebuild the ledger from the archive's commit trailers") from exc
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+        raise _unreadable(path, archive_dir, exc) from exc
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _read_ids(path: Path, archive_dir) -> list[str]:
-    """The trial_id column of one ledger file; LedgerError as _read_file."""
+    """The trial_id column of one ledger file (a file without one is unreadable); LedgerError as _read_file."""
     try:
         return pq.ParquetFile(path).read(columns=["trial_id"]).column("trial_id").to_pylist()
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
-        raise LedgerError(f"{path}: unreadable ledger file ({exc}). Run `popsearch repair {archive_dir}` "
-                          "to rebuild the ledger from the archive's commit trailers") from exc
+        raise _unreadable(path, archive_dir, exc) from exc
+
+
+def _each_readable(archive_dir, read, skip_unreadable: bool):
+    """read(path, archive_dir) of every ledger file in reading order; an unreadable one raises its LedgerError,
+    or is passed over with skip_unreadable."""
+    for path in ledger_files(archive_dir):
+        try:
+            yield read(path, archive_dir)
+        except LedgerError:
+            if not skip_unreadable:
+                raise
 
 
 def _latest_rows(table: pa.Table) -> pa.Table:
@@ -314,14 +316,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 def read_table(archive_dir, skip_unreadable: bool = False) -> pa.Table:
     """The whole ledger as one arrow table of SCHEMA, one row per trial, in file order; an unreadable file is a
     LedgerError, or left out with skip_unreadable (a reader that completes the rows from the trailers)."""
-    tables = []
-    for path in ledger_files(archive_dir):
-        try:
-            tables.append(_read_file(path, archive_dir))
-        except LedgerError:
-            if not skip_unreadable:
-                raise
-    return _concat(tables)
+    return _concat(list(_each_readable(archive_dir, _read_file, skip_unreadable)))
 
 
 def sort_frame(frame: "pandas.DataFrame") -> "pandas.DataFrame":

@@ -54,13 +54,24 @@ def events_after(archive, snap: state_snapshot.Snapshot, records: list[dict] | N
     wanted = journaled | loose
     rows = ([r for r in records if r["trial_id"] in wanted] if records is not None
             else archive.records_of(wanted))
-    by_id = {r["trial_id"]: r for r in rows}
+    yield from proposals(rows, archive.pending(), taken)
+    yield from journal_events(archive, lines, {r["trial_id"]: r for r in rows})
+    yield from (Recorded(r, record_hash(archive, r)) for r in rows if r["trial_id"] in loose)
+    yield heads_seen(archive)
+
+
+def proposals(rows: list[dict], pending: list, taken: int | None = None):
+    """Proposed for each record, then each pending trial (only ids numbered `taken` or above, when given)."""
     for r in rows:
-        if trial_number(r["trial_id"]) >= taken:
+        if taken is None or trial_number(r["trial_id"]) >= taken:
             yield Proposed(r["trial_id"], r.get("member") or "", r.get("proposer") or "")
-    for p in archive.pending():
-        if trial_number(p.trial_id) >= taken:
+    for p in pending:
+        if taken is None or trial_number(p.trial_id) >= taken:
             yield Proposed(p.trial_id, p.member, p.proposer)
+
+
+def journal_events(archive, lines: list[dict], by_id: dict):
+    """The journal's run, recorded (of the rows in by_id) and cull lines as events, in journal order."""
     for line in lines:
         if line["event"] == "run":
             yield RunSaved(line["work"])
@@ -69,8 +80,6 @@ def events_after(archive, snap: state_snapshot.Snapshot, records: list[dict] | N
             yield Recorded(row, record_hash(archive, row), line.get("curve"))
         elif line["event"] == "cull":
             yield Culled(tuple(tuple(p) for p in line["plan"]))
-    yield from (Recorded(r, record_hash(archive, r)) for r in rows if r["trial_id"] in loose)
-    yield heads_seen(archive)
 
 
 def heads_seen(archive) -> HeadsSeen:
@@ -85,22 +94,12 @@ def archive_events(archive, records: list[dict] | None = None):
     by_id = {r["trial_id"]: r for r in records}
     started = next((line for line in lines if line["event"] == "started"), None)
     yield Started(tuple(tuple(pair) for pair in started["heads"])) if started else _old_start(archive, records)
-    for r in records:
-        yield Proposed(r["trial_id"], r.get("member") or "", r.get("proposer") or "")
-    for p in archive.pending():
-        yield Proposed(p.trial_id, p.member, p.proposer)
+    yield from proposals(records, archive.pending())
     journaled = {line["trial_id"] for line in lines if line["event"] == "recorded"}
     loose = [r for r in records if r["trial_id"] not in journaled]
     if not started:
         yield from (Recorded(r, record_hash(archive, r)) for r in loose)
-    for line in lines:
-        if line["event"] == "run":
-            yield RunSaved(line["work"])
-        elif line["event"] == "recorded" and line["trial_id"] in by_id:
-            row = by_id[line["trial_id"]]
-            yield Recorded(row, record_hash(archive, row), line.get("curve"))
-        elif line["event"] == "cull":
-            yield Culled(tuple(tuple(p) for p in line["plan"]))
+    yield from journal_events(archive, lines, by_id)
     if started:
         yield from (Recorded(r, record_hash(archive, r)) for r in loose)
     yield heads_seen(archive)

@@ -24,11 +24,10 @@ from judge.verdict import Rule
 from orchestrator import config_change, ledger
 from orchestrator.archive import SHORT, Archive, LineageEntry, Pending
 from orchestrator.cost import cost_table
-from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, rule_of,
-                                     run_scores, source_hash)
+from orchestrator.population import BASELINE, Scores, head_key, head_score, key_segment, rule_of, run_scores
 from orchestrator.replay import replay
-from orchestrator.status import (archive_config, baseline_text, best_member, elapsed, margin_of, margin_text,
-                                 noise_text, segment_text)
+from orchestrator.status import (archive_config, baseline_text, best_member, elapsed, full_lineage, head_hashes,
+                                 margin_of, margin_text, noise_text, pending_since, segment_text)
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -73,22 +72,19 @@ def archive_rule(archive_dir) -> Rule:
 def snapshot(archive_dir) -> Snapshot:
     with Archive(archive_dir, writer=False) as archive:
         records = archive.trial_records()
-        heads, retired = archive.heads(), archive.retired()
-        lineage = archive.lineage()
-        known = {e.member for e in lineage}
-        lineage += [LineageEntry(m, None, float("nan"), None) for m in sorted({*heads, *retired} - known)]
+        heads, retired, lineage = archive.heads(), archive.retired(), full_lineage(archive)
+        hashes = head_hashes(archive)
         pending = archive.pending()
-        since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
-        head_hashes = {m: source_hash(archive.source(sha)) for m, sha in {**retired, **heads}.items()}
+        since = pending_since(archive, pending)
         path = archive.path
         imported = archive.imported()
         segment = config_change.current_segment(path)
         scores = replay(archive, archive_config(path).seed, segment, records).scores   # the driver's own state
     trials = pd.DataFrame(records, columns=list(ledger.COLUMNS))
-    keys = {m: head_key(scores, h) for m, h in head_hashes.items()}
+    keys = {m: head_key(scores, h) for m, h in hashes.items()}
     return Snapshot(path, trials, heads, retired, lineage, pending, since,
-                    {m: head_score(scores, h) for m, h in head_hashes.items()}, baseline_scores(records), imported,
-                    scores, head_hashes, archive_rule(path), segment, config_change.history(path),
+                    {m: head_score(scores, h) for m, h in hashes.items()}, baseline_scores(records), imported,
+                    scores, hashes, archive_rule(path), segment, config_change.history(path),
                     {m: key_segment(k, segment) for m, k in keys.items() if k is not None})
 
 

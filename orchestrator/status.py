@@ -10,7 +10,7 @@ import statistics
 import time
 
 from orchestrator import config_change, ledger
-from orchestrator.archive import SHORT, Archive, lock_holder
+from orchestrator.archive import SHORT, Archive, LineageEntry, lock_holder
 from orchestrator.config import Config, from_dict
 from orchestrator.population import (BASELINE, Scores, head_key, head_score, key_segment, margins, rule_of,
                                      source_hash)
@@ -87,6 +87,26 @@ def elapsed(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+# ---- what status and the report read of an archive ----------------------------------------------------------
+
+def full_lineage(archive) -> list[LineageEntry]:
+    """The lineage, plus every living or retired member it lacks (an archive older than the lineage ref)."""
+    lineage = archive.lineage()
+    known = {e.member for e in lineage}
+    return lineage + [LineageEntry(m, None, float("nan"), None)
+                      for m in sorted({*archive.heads(), *archive.retired()} - known)]
+
+
+def head_hashes(archive) -> dict:
+    """{member: source hash of its head}, retired members' last heads included."""
+    return {m: source_hash(archive.source(sha)) for m, sha in {**archive.retired(), **archive.heads()}.items()}
+
+
+def pending_since(archive, pending) -> dict:
+    """{trial id: time its pending commit was made} of the pending trials."""
+    return {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
+
+
 # ---- the status -----------------------------------------------------------------------------------------
 
 COUNTED = ["member", "proposer", "status", "promoted", "val_bpb"]      # the ledger columns status reads
@@ -147,10 +167,10 @@ def status_text(archive_dir) -> str:
         cfg = archive_config(path)
         segment = config_change.current_segment(path)
         state = replay(archive, cfg.seed, segment)
-        heads, retired, lineage = archive.heads(), archive.retired(), archive.lineage()
-        head_hashes = {m: source_hash(archive.source(sha)) for m, sha in {**retired, **heads}.items()}
+        heads, retired, lineage = archive.heads(), archive.retired(), full_lineage(archive)
+        hashes = head_hashes(archive)
         pending = archive.pending()
-        since = {p.trial_id: float(archive.repo.commit(p.sha).committed_date) for p in pending}
+        since = pending_since(archive, pending)
         imported = archive.imported()
         missing = archive.missing_from_ledger()
         kept_out = archive.records_of(missing)             # rows a kill kept out of the ledger, from trailers
@@ -158,14 +178,12 @@ def status_text(archive_dir) -> str:
     for row in kept_out:
         for name in columns:
             columns[name].append(row.get(name))
-    known = [e.member for e in lineage]
-    members = known + sorted({*heads, *retired} - set(known))
-    rows = board_rows(state.scores, member_counts(columns), heads, retired, members,
-                      {e.member: e.forked_from for e in lineage}, head_hashes, segment)
+    rows = board_rows(state.scores, member_counts(columns), heads, retired, [e.member for e in lineage],
+                      {e.member: e.forked_from for e in lineage}, hashes, segment)
     scored = {r["member"]: r["head_val_bpb"] for r in rows}
     best = best_member(scored, {r["member"]: r["head_segment"] for r in rows if r["head_segment"] is not None},
                        segment)
-    margin = margin_of(state.scores, best, head_hashes.get(best, ""), rule_of(cfg.selection))
+    margin = margin_of(state.scores, best, hashes.get(best, ""), rule_of(cfg.selection))
     statuses: dict = {}
     for status in columns["status"]:
         statuses[status or "unknown"] = statuses.get(status or "unknown", 0) + 1

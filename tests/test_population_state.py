@@ -13,7 +13,7 @@ import pytest
 from orchestrator.config import Config
 from orchestrator.driver import Driver
 from orchestrator.live import LiveBoard
-from orchestrator.population import REFERENCE, run_seed
+from orchestrator.population import REFERENCE, Job, run_seed
 from orchestrator.proposers.base import Proposal
 from orchestrator.replay import replay
 from test_driver_logic import SLOTS, result
@@ -280,6 +280,18 @@ def test_a_candidates_runs_survive_a_resume_and_it_goes_on_at_its_next_seed(tmp_
         d.close()
 
 
+def candidate(d: Driver, member: str, **changes) -> Job:
+    """A mutate candidate of `member`'s head with these constants changed, enqueued and taken off the queue."""
+    head = d.archive.heads()[member]
+    src = d.archive.source(head)
+    consts = read_constants(src)
+    new = apply_overrides(src, {k: type(consts[k])(v) for k, v in changes.items()})
+    job = d.enqueue(Proposal(member=member, parent_commit=head, source=new, proposer="mutate",
+                             message=str(changes)))
+    d.ready.remove(job)
+    return job
+
+
 def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tmp_path):
     cfg = config(tmp_path)
     cfg.population.size = 2
@@ -290,30 +302,20 @@ def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tm
         for value in (2.00, 2.02):
             d.on_result(d.ready.popleft(), result(value), SLOTS[0])
 
-        def candidate(member, **changes):
-            head = d.archive.heads()[member]
-            src = d.archive.source(head)
-            consts = read_constants(src)
-            new = apply_overrides(src, {k: type(consts[k])(v) for k, v in changes.items()})
-            job = d.enqueue(Proposal(member=member, parent_commit=head, source=new, proposer="mutate",
-                                     message=str(changes)))
-            d.ready.remove(job)
-            return job
-
-        win = candidate("m0", MATRIX_LR=0.03)
+        win = candidate(d, "m0", MATRIX_LR=0.03)
         d.on_result(win, result(1.80), SLOTS[0])
         d.ready.remove(win)
         d.on_result(win, result(1.81), SLOTS[0])                    # m0 promoted
         for lr in (0.01, 0.015):
-            d.on_result(candidate("m1", MATRIX_LR=lr), result(2.40), SLOTS[0])    # m1 stalls twice
-        running = candidate("m1", EMBED_LR=0.1)
+            d.on_result(candidate(d, "m1", MATRIX_LR=lr), result(2.40), SLOTS[0])    # m1 stalls twice
+        running = candidate(d, "m1", EMBED_LR=0.1)
         d.in_flight["run"] = (running, 0)                           # on a device when the cull comes
-        parked = candidate("m1", EMBED_LR=0.2)
+        parked = candidate(d, "m1", EMBED_LR=0.2)
         d.on_result(parked, result(2.2, "cpu-b"), SLOTS[1])        # no head runs on cpu-b: waits for them
         (ref,) = [j for j in d.ready if j.proposer == REFERENCE]
-        queued = candidate("m1", EMBED_LR=0.25)
+        queued = candidate(d, "m1", EMBED_LR=0.25)
         d.ready.append(queued)                                      # not run yet
-        d.on_result(candidate("m0", EMBED_LR=0.3), result(2.5), SLOTS[0])         # 4th candidate: the cull
+        d.on_result(candidate(d, "m0", EMBED_LR=0.3), result(2.5), SLOTS[0])         # 4th candidate: the cull
         assert "m1" in d.archive.retired() and not d.state.members["m1"].alive
         rows = {r["trial_id"]: r for r in d.archive.trial_records()}
         assert rows[queued.trial_id]["status"] == "stopped" and queued not in d.ready
@@ -344,24 +346,14 @@ def test_a_cull_while_parked_candidates_are_decided_retires_the_member_of_the_ne
         for value in (2.00, 2.02):
             d.on_result(d.ready.popleft(), result(value), SLOTS[0])
 
-        def candidate(member, **changes):
-            head = d.archive.heads()[member]
-            src = d.archive.source(head)
-            consts = read_constants(src)
-            new = apply_overrides(src, {k: type(consts[k])(v) for k, v in changes.items()})
-            job = d.enqueue(Proposal(member=member, parent_commit=head, source=new, proposer="mutate",
-                                     message=str(changes)))
-            d.ready.remove(job)
-            return job
-
-        win = candidate("m0", MATRIX_LR=0.03)
+        win = candidate(d, "m0", MATRIX_LR=0.03)
         d.on_result(win, result(1.80), SLOTS[0])
         d.ready.remove(win)
         d.on_result(win, result(1.81), SLOTS[0])                    # m0 promoted: two heads now
-        d.on_result(candidate("m1", MATRIX_LR=0.01), result(2.40), SLOTS[0])     # m1 stalls
-        first = candidate("m0", EMBED_LR=0.3)
+        d.on_result(candidate(d, "m1", MATRIX_LR=0.01), result(2.40), SLOTS[0])     # m1 stalls
+        first = candidate(d, "m0", EMBED_LR=0.3)
         d.on_result(first, result(2.5, "cpu-b"), SLOTS[1])          # parked under (m0's head, cpu-b)
-        second = candidate("m1", EMBED_LR=0.2)
+        second = candidate(d, "m1", EMBED_LR=0.2)
         d.on_result(second, result(2.2, "cpu-b"), SLOTS[1])         # parked under (the seed, cpu-b)
         assert len(d.parked) == 2
         ref = next(j for j in d.ready if j.proposer == REFERENCE and j.member == "m0")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from orchestrator import state_snapshot
 from orchestrator.journal import journal_path
 from orchestrator.replay import replay
@@ -27,56 +29,53 @@ def a_run(tmp_path, steps: int = 30):
     return d
 
 
-def test_a_snapshot_reads_back_as_the_state_it_was_taken_from(tmp_path):
+@pytest.fixture
+def snapshotted(tmp_path):
+    """a_run's driver with a state snapshot just saved; closed after the test."""
     d = a_run(tmp_path)
-    try:
-        d.save_snapshot()
-        body = json.loads(state_snapshot.snapshot_path(d.archive_dir).read_text())
-        assert state_snapshot.decode(body["state"]) == d.state
-        assert body["journal_bytes"] == journal_path(d.archive_dir).stat().st_size
-        assert d.state.finished >= 10 and d.state.scores.repeated        # the state has something to carry
-    finally:
-        d.close()
+    d.save_snapshot()
+    yield d
+    d.close()
 
 
-def test_a_replay_from_a_snapshot_reads_nothing_of_the_journal_before_it(tmp_path):
-    d = a_run(tmp_path)
-    try:
-        d.save_snapshot()
-        at = json.loads(state_snapshot.snapshot_path(d.archive_dir).read_text())["journal_bytes"]
-        d.fill_queue()
-        start_run(d, random.Random(9))
-        finish_run(d, random.Random(9))                  # lines after the snapshot, replayed from the journal
-        path = journal_path(d.archive_dir)
-        data = path.read_bytes()
-        assert len(data) > at
-        blanked = bytes(b if b == ord("\n") else ord(" ") for b in data[:at]) + data[at:]
-        path.write_bytes(blanked)                        # every line before the snapshot unreadable now
-        assert replay(d.archive, d.cfg.seed) == d.state
-        assert replay(d.archive, d.cfg.seed, use_snapshot=False) != d.state
-    finally:
-        d.close()
+def test_a_snapshot_reads_back_as_the_state_it_was_taken_from(snapshotted):
+    d = snapshotted
+    body = json.loads(state_snapshot.snapshot_path(d.archive_dir).read_text())
+    assert state_snapshot.decode(body["state"]) == d.state
+    assert body["journal_bytes"] == journal_path(d.archive_dir).stat().st_size
+    assert d.state.finished >= 10 and d.state.scores.repeated        # the state has something to carry
 
 
-def test_a_snapshot_that_does_not_fit_the_archive_is_ignored(tmp_path):
-    d = a_run(tmp_path)
-    try:
-        d.save_snapshot()
-        path = state_snapshot.snapshot_path(d.archive_dir)
-        good = json.loads(path.read_text())
-        journal = journal_path(d.archive_dir)
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is not None
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed + 1, 0, journal) is None          # another seed
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed, 1, journal) is None              # another segment
-        path.write_text(json.dumps({**good, "journal_bytes": good["journal_bytes"] - 3}))      # mid-line
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
-        path.write_text(json.dumps({**good, "format": 99}))
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
-        path.write_text('{"format": 1, "journal_bytes": 12, "state": {"seed"')                   # torn
-        assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
-        assert replay(d.archive, d.cfg.seed) == d.state                       # the whole journal instead
-    finally:
-        d.close()
+def test_a_replay_from_a_snapshot_reads_nothing_of_the_journal_before_it(snapshotted):
+    d = snapshotted
+    at = json.loads(state_snapshot.snapshot_path(d.archive_dir).read_text())["journal_bytes"]
+    d.fill_queue()
+    start_run(d, random.Random(9))
+    finish_run(d, random.Random(9))                  # lines after the snapshot, replayed from the journal
+    path = journal_path(d.archive_dir)
+    data = path.read_bytes()
+    assert len(data) > at
+    blanked = bytes(b if b == ord("\n") else ord(" ") for b in data[:at]) + data[at:]
+    path.write_bytes(blanked)                        # every line before the snapshot unreadable now
+    assert replay(d.archive, d.cfg.seed) == d.state
+    assert replay(d.archive, d.cfg.seed, use_snapshot=False) != d.state
+
+
+def test_a_snapshot_that_does_not_fit_the_archive_is_ignored(snapshotted):
+    d = snapshotted
+    path = state_snapshot.snapshot_path(d.archive_dir)
+    good = json.loads(path.read_text())
+    journal = journal_path(d.archive_dir)
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is not None
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed + 1, 0, journal) is None          # another seed
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed, 1, journal) is None              # another segment
+    path.write_text(json.dumps({**good, "journal_bytes": good["journal_bytes"] - 3}))      # mid-line
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
+    path.write_text(json.dumps({**good, "format": 99}))
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
+    path.write_text('{"format": 1, "journal_bytes": 12, "state": {"seed"')                   # torn
+    assert state_snapshot.read(d.archive_dir, d.cfg.seed, 0, journal) is None
+    assert replay(d.archive, d.cfg.seed) == d.state                       # the whole journal instead
 
 
 def test_scores_of_every_shape_read_back_equal():

@@ -1,4 +1,4 @@
-"""Keep or discard: the sequential rule (rerun / confirm / promote / discard) and seed-only changes.
+"""Keep or discard: the sequential empirical-Bayes rule (rerun / promote / discard) and seed-only changes.
 
 Pure functions on numbers and source text (lower val_bpb is better); the driver records the evidence."""
 from __future__ import annotations
@@ -8,10 +8,11 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from judge.noise import Noise, finite_scores, inflated
+from judge.effect_prior import REACH, Prior, posterior
+from judge.noise import Noise, finite_scores
 from judge.source_tree import parsed
 
-KINDS = ("promote", "discard", "rerun", "confirm")
+KINDS = ("promote", "discard", "rerun")
 SEED_MARK = "SEED"                  # assignments to names containing this (any case) only choose randomness
 # Nodes that could hide an effect inside a "seed" assignment: such an assignment counts as a real change.
 EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
@@ -20,40 +21,40 @@ EFFECT_NODES = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.Y
 
 @dataclass(frozen=True)
 class Rule:
-    """The sequential rule's knobs (selection.* in the config; defaults in orchestrator/config.py
-    SelectionConfig, chosen by bench/verdict_sim.py).
+    """The rule's knobs (selection.* in the config; defaults in orchestrator/config.py SelectionConfig, chosen
+    by bench/verdict_sim.py).
 
-    Selection: a Wald SPRT after each run between H0 (δ = 0) and H1 (δ = -effect_sigmas·σ) on the gap
-    d = mean(candidate) - mean(head), whose variance σ²(1/n_cand + 1/n_head) carries the head's own
-    uncertainty (σ widened for its few dof, judge.noise.inflated). Accept H1 (log LR >= log((1-β)/α)):
-    the candidate goes on to `confirm_runs` fresh runs; accept H0 (log LR <= log(β/(1-α))) or reach
-    `max_runs`: discard. Confirmation: promote when every run of the candidate, against the head's runs,
-    gives z <= -confirm_bar; the confirmation runs alone become the new head's first runs."""
-    effect_sigmas: float         # δ1 of H1, in σ
-    alpha: float                 # the SPRT's nominal false-clear rate
-    beta: float                  # the SPRT's nominal miss rate at δ1
-    max_runs: int                # selection runs at most; then discard
-    confirm_runs: int            # fresh runs of a cleared candidate; they alone score the new head
-    confirm_bar: float           # promote when all the candidate's runs give z <= -confirm_bar
-
-    @property
-    def upper(self) -> float:
-        return math.log((1 - self.beta) / self.alpha)
-
-    @property
-    def lower(self) -> float:
-        return math.log(self.beta / (1 - self.alpha))
+    After each run: the gap d = mean(candidate) - head estimate, with standard error σ·sqrt(1/n + 1/w) (w: the
+    head's weight in runs; a Student-t likelihood at σ's dof), and the prior over edit effects that the population's
+    verdicts show (judge.effect_prior, fitted from `default`, which counts as `prior_weight` verdicts) give
+    P(δ < 0). Promote at P >= promote_at; discard at P <= discard_at or after `max_runs`; else run again.
+    A promoted head is scored by its posterior mean (corrected for the selection that promoted it) with the
+    weight of its posterior variance; its later runs add to that."""
+    promote_at: float            # P(the edit is a win) that promotes
+    discard_at: float            # P(the edit is a win) at or below which it is discarded
+    max_runs: int                # runs of a candidate at most; then discard
+    default: Prior               # the prior before the population has verdicts of its own
+    prior_weight: float          # verdicts the default counts as
 
     def describe(self) -> str:
-        return (f"SPRT δ1 {self.effect_sigmas:g}σ α {self.alpha:g} β {self.beta:g}, {self.max_runs} runs, "
-                f"confirm {self.confirm_runs} at z {self.confirm_bar:g}")
+        return (f"P(win) >= {self.promote_at:g} promotes, <= {self.discard_at:g} discards, {self.max_runs} runs; "
+                f"prior from verdicts (default {self.default.null:g} null, slab {self.default.mean:+g}σ ± "
+                f"{self.default.sd:g}σ, weight {self.prior_weight:g})")
+
+
+@dataclass(frozen=True)
+class HeadEstimate:
+    """What the population knows of a head's val_bpb on one device kind: its mean and weight in runs (its own
+    runs, plus a promotion's posterior counted as the runs that would carry as much)."""
+    mean: float
+    weight: float
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """kind: promote | discard | rerun | confirm (run again to confirm); the runs it rests on, the evidence
-    (log LR in selection, z at confirmation), the bar it was read against and the gap in val_bpb that bar
-    asks for (margin), and why, in one line. head_score: the confirmed score of a promotion."""
+    """kind: promote | discard | rerun; the runs it rests on, the evidence (P(win)) and the bar it was read
+    against, the gap in val_bpb one run needs to clear it (margin), the gap and its standard error (in σ), and
+    why, in one line. head_score, head_weight: a promotion's posterior score as a head and its weight."""
     kind: str
     runs: int
     decided_by: str
@@ -62,100 +63,74 @@ class Verdict:
     bar: float | None = None
     head_score: float | None = None
     margin: float | None = None
+    head_weight: float | None = None
+    gap: float | None = None
+    gap_se: float | None = None
 
 
-def gap_se(n_cand: int, n_head: int, sigma: float) -> float:
-    """Standard error of mean(candidate) - mean(head)."""
-    return sigma * math.sqrt(1 / n_cand + 1 / n_head)
+def gap_se(n_cand: int, head_weight: float) -> float:
+    """Standard error of mean(candidate) - head estimate, in σ."""
+    return math.sqrt(1 / n_cand + 1 / head_weight)
 
 
-def evidence(cand: list[float], head: list[float], sigma: float) -> float:
-    """z of the candidate's mean against the head's mean, in standard errors of the difference."""
-    se = gap_se(len(cand), len(head), sigma)
-    diff = statistics.fmean(cand) - statistics.fmean(head)
-    if se <= 0:
-        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    return diff / se
+def promote_margin(n_cand: int, head_weight: float, noise: Noise, rule: Rule, prior: Prior) -> float:
+    """How far below the head (in val_bpb) the candidate's mean must be for P(win) to reach rule.promote_at."""
+    se, low, high = gap_se(n_cand, head_weight), -REACH, REACH      # P(win) falls as the gap grows
+    for _ in range(50):
+        mid = (low + high) / 2
+        if posterior(prior, mid, se, noise.dof).p_win >= rule.promote_at:
+            low = mid
+        else:
+            high = mid
+    return -low * noise.sigma
 
 
-def log_lr(cand: list[float], head: list[float], sigma: float, effect_sigmas: float) -> float:
-    """log of P(gap | δ = -δ1) / P(gap | δ = 0) for a normal gap with the standard error of gap_se."""
-    se = gap_se(len(cand), len(head), sigma)
-    if se <= 0:
-        return 0.0
-    d1 = effect_sigmas * sigma
-    return -d1 * (statistics.fmean(cand) - statistics.fmean(head) + d1 / 2) / se ** 2
+def promoted_head(head: HeadEstimate, cand_mean: float, runs: int, sigma: float, post) -> HeadEstimate:
+    """The new head's estimate: the head's and the candidate's runs with the effect's posterior, so the score
+    carries no selection bias when the prior is right (its weight: the runs whose mean has its variance)."""
+    base = (head.mean * head.weight + cand_mean * runs) / (head.weight + runs)
+    shrink = head.weight / (head.weight + runs)
+    variance = 1 / (head.weight + runs) + shrink ** 2 * post.var                  # in σ²
+    return HeadEstimate(base + shrink * post.mean * sigma, 1 / variance)
 
 
-def sprt_margin(n_cand: int, n_head: int, sigma: float, rule: Rule) -> float:
-    """How far below the head the candidate's mean must be for the log LR to reach rule.upper."""
-    d1 = rule.effect_sigmas * sigma
-    return d1 / 2 + rule.upper * gap_se(n_cand, n_head, sigma) ** 2 / d1
-
-
-def decide(cand_runs: list[float], head_runs: list[float], noise: Noise, rule: Rule, seed_only: bool,
-           cleared_at: int = 0) -> Verdict:
-    """After each run of a candidate: rerun, confirm, promote or discard (see Rule). cleared_at: how many
-    selection runs the candidate had when the SPRT accepted H1 (0: not yet); runs after those confirm it.
-    A seed-only change is never promoted; failed runs discard."""
+def decide(cand_runs: list[float], head: HeadEstimate | None, noise: Noise, rule: Rule, seed_only: bool,
+           prior: Prior | None = None) -> Verdict:
+    """After each run of a candidate: rerun, promote or discard (see Rule); prior: the fitted prior (the
+    rule's default when None). A seed-only change is never promoted; failed runs discard."""
     runs = len(cand_runs)
     if seed_only:
         return Verdict("discard", runs, "seed-only change (differs from its parent only in *SEED* "
                                         "assignments): never promoted")
-    finite, head = _finite(cand_runs), _finite(head_runs)
+    finite = _finite(cand_runs)
     if runs == 0 or len(finite) != runs:
         return Verdict("discard", runs, f"{runs - len(finite)} of {runs} run(s) gave no finite val_bpb")
-    if not head:
+    if head is None or head.weight <= 0:
         return Verdict("discard", runs, "no score for the head to compare with")
-    if cleared_at:
-        return _confirmation(finite, head, noise, rule, cleared_at)
+    prior = prior or rule.default
     mean = statistics.fmean(finite)
-    said = f"mean of {_runs(runs)} {mean:.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})"
-    sigma = inflated(noise)
+    said = f"mean of {_runs(runs)} {mean:.6f} vs head {head.mean:.6f} (weight {head.weight:.1f} runs)"
+    sigma = noise.sigma
     if sigma is None or sigma <= 0:
         kind = "rerun" if runs < rule.max_runs else "discard"
         return Verdict(kind, runs, f"{said}: {noise.describe()}, no evidence ({runs}/{rule.max_runs} runs)", mean)
-    llr = log_lr(finite, head, sigma, rule.effect_sigmas)
-    margin = sprt_margin(runs, len(head), sigma, rule)
-    said += f": log LR {llr:.2f}, {noise.describe()}"
-    if llr >= rule.upper:
-        if rule.confirm_runs == 0:
-            return Verdict("promote", runs, f"{said} >= {rule.upper:.2f}: promoted", mean, llr, rule.upper,
-                           mean, margin)
-        return Verdict("confirm", runs, f"{said} >= {rule.upper:.2f}: cleared, {rule.confirm_runs} fresh "
-                                        f"run(s) confirm it", mean, llr, rule.upper, None, margin)
-    if llr <= rule.lower:
-        return Verdict("discard", runs, f"{said} <= {rule.lower:.2f}: not better", mean, llr, rule.upper,
-                       None, margin)
+    gap, se = (mean - head.mean) / sigma, gap_se(runs, head.weight)
+    post = posterior(prior, gap, se, noise.dof)           # σ's own uncertainty: a Student t at its dof
+    margin = promote_margin(runs, head.weight, noise, rule, prior)
+    said += f": gap {gap:+.2f}σ ± {se:.2f}σ, P(win) {post.p_win:.3f}, {noise.describe()}, {prior.describe()}"
+    facts = dict(mean=mean, evidence=post.p_win, bar=rule.promote_at, margin=margin, gap=gap, gap_se=se)
+    if post.p_win >= rule.promote_at:
+        new = promoted_head(head, mean, runs, sigma, post)
+        return Verdict("promote", runs, f"{said} >= {rule.promote_at:g}: promoted, scored {new.mean:.6f} "
+                                        f"(posterior, weight {new.weight:.1f} runs)", head_score=new.mean,
+                       head_weight=new.weight, **facts)
+    if post.p_win <= rule.discard_at:
+        return Verdict("discard", runs, f"{said} <= {rule.discard_at:g}: not better", **facts)
     if runs >= rule.max_runs:
-        return Verdict("discard", runs, f"{said} short of {rule.upper:.2f} after {runs}/{rule.max_runs} runs",
-                       mean, llr, rule.upper, None, margin)
-    return Verdict("rerun", runs, f"{said} between {rule.lower:.2f} and {rule.upper:.2f}: re-run with a new "
-                                  f"seed ({runs}/{rule.max_runs} runs)", mean, llr, rule.upper, None, margin)
-
-
-def _confirmation(finite: list[float], head: list[float], noise: Noise, rule: Rule, cleared_at: int) -> Verdict:
-    """The fresh runs after the SPRT cleared the candidate: with the selection runs they decide (z on all
-    runs); they alone are the new head's score."""
-    fresh = finite[cleared_at:]
-    runs = len(finite)
-    if len(fresh) < rule.confirm_runs:
-        return Verdict("confirm", runs, f"confirmation run {len(fresh)}/{rule.confirm_runs}",
-                       statistics.fmean(finite))
-    score = statistics.fmean(fresh)
-    said = (f"cleared after {_runs(cleared_at)}; {_runs(len(fresh))} confirming {score:.6f}, all "
-            f"{statistics.fmean(finite):.6f} vs head {statistics.fmean(head):.6f} ({_runs(len(head))})")
-    sigma = inflated(noise)
-    if sigma is None or sigma <= 0:
-        return Verdict("discard", runs, f"{said}: {noise.describe()}", score)
-    z = evidence(finite, head, sigma)
-    margin = rule.confirm_bar * gap_se(runs, len(head), sigma)
-    said += f": z {z:.2f}, {noise.describe()}"
-    if z <= -rule.confirm_bar:
-        return Verdict("promote", runs, f"{said} <= {-rule.confirm_bar:.2f}: promoted at the confirmation "
-                                        f"runs' score", score, z, -rule.confirm_bar, score, margin)
-    return Verdict("discard", runs, f"{said} > {-rule.confirm_bar:.2f}: not confirmed", score, z,
-                   -rule.confirm_bar, None, margin)
+        return Verdict("discard", runs, f"{said} short of {rule.promote_at:g} after {runs}/{rule.max_runs} runs",
+                       **facts)
+    return Verdict("rerun", runs, f"{said} between {rule.discard_at:g} and {rule.promote_at:g}: re-run with a "
+                                  f"new seed ({runs}/{rule.max_runs} runs)", **facts)
 
 
 def compare_on_device(head_scores: dict[str, list[float] | float], device_kind: str) -> float | None:

@@ -18,9 +18,10 @@ from trainer.spec import BudgetConfig
 PROPOSERS = ("mutate", "agent", "endpoint", "inbox")
 AGENT_CLIS = ("claude", "codex", "gemini", "aider", "opencode", "custom")   # proposers.agent presets
 YAML_SWITCHES = ("resources.overlap",)     # str keys whose values on/off YAML turns into booleans
-# Keys of older configs (and of archives' saved config.yaml) that are read and ignored: the sequential
-# verdict rule (selection.alpha and the rest) replaced the fixed or seed-spread margin.
-RETIRED_KEYS = ("selection.margin", "selection.margin_std")
+# Keys of older configs (and of archives' saved config.yaml) that are read and ignored: the margins of the first
+# rule, then the SPRT's knobs (selection.alpha and the rest), replaced by the empirical-Bayes rule.
+RETIRED_KEYS = ("selection.margin", "selection.margin_std", "selection.effect_sigmas", "selection.alpha",
+                "selection.beta", "selection.confirm_runs", "selection.confirm_bar", "selection.confirm_head_runs")
 
 # The built-in default (`popsearch run` with no config) is the CPU demo: the baseline train.py shrunk by
 # these overrides, short budgets and a few trials. configs/demo.yaml spells the same values out (a test keeps
@@ -33,7 +34,7 @@ DEMO_SETTINGS = {
     "population": {"overrides": DEMO_OVERRIDES},
     "budget": {"seconds": 8.0, "startup_floor": 30.0, "finish_allowance": 30.0},
     "judge": {"seq_len": 128, "eval_tokens": 16384},
-    "selection": {"patience": 2, "head_runs": 3, "confirm_head_runs": 4},
+    "selection": {"patience": 2, "head_runs": 3, "rerun_head_runs": 4},
     "stop": {"max_trials": 16},
 }
 
@@ -120,14 +121,15 @@ class ProposerConfig:
 @dataclass
 class SelectionConfig:
     noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
-    effect_sigmas: float = 1.0           # the SPRT's H1: a win of this many σ (H0: no effect)
-    alpha: float = 0.3                   # the SPRT's nominal false-clear rate (confirmation cuts it further)
-    beta: float = 0.6                    # the SPRT's nominal miss rate at effect_sigmas
-    max_runs: int = 2                    # selection runs of a candidate at most
-    confirm_runs: int = 3                # fresh runs of a cleared candidate: they alone score the new head
-    confirm_bar: float = 1.5             # promote when all the candidate's runs give z <= -confirm_bar
-    head_runs: int = 4                   # runs a head gets on a device kind before candidates compare with it
-    confirm_head_runs: int = 10          # runs the head gets there before a confirmation is decided
+    promote_at: float = 0.5              # promote when P(the edit is a win) reaches this
+    discard_at: float = 0.15             # discard when it falls to this; between the two, run it again
+    max_runs: int = 3                    # runs of a candidate at most
+    head_runs: int = 3                   # the head's weight (runs) on a device kind before a candidate's first verdict
+    rerun_head_runs: int = 6             # ... before the verdict on a candidate's second and later runs
+    prior_null: float = 0.5              # the default prior over edit effects: share with no effect,
+    prior_mean: float = 0.3              # the others' mean effect in σ (positive: worse),
+    prior_sd: float = 1.0                # and their spread in σ
+    prior_weight: float = 20.0           # verdicts the default counts as against the population's own
     cull_every: int = 8                  # finished trials between culls
     cull_fraction: float = 0.25          # share of members retired at a cull
     patience: int = 4                    # trials without improvement before a member may be retired
@@ -341,13 +343,14 @@ NUMBER_RULES = {
     "proposers.endpoint.temperature": _between(0, 2),
     "selection.noise_seeds": _between(1, 100, " (the baseline runs)"),
     "selection.max_runs": _between(1, 100),
-    "selection.confirm_runs": _between(0, 100),
     "selection.head_runs": _between(1, 100),
-    "selection.confirm_head_runs": _between(1, 100),
-    "selection.effect_sigmas": (lambda v: 0 < v <= 10, "must be > 0 and at most 10 (in σ)"),
-    "selection.alpha": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
-    "selection.beta": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
-    "selection.confirm_bar": _between(-6, 6, " (a z)"),
+    "selection.rerun_head_runs": _between(1, 100),
+    "selection.promote_at": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
+    "selection.discard_at": (lambda v: 0 <= v < 1, "must be at least 0 and below 1"),
+    "selection.prior_null": (lambda v: 0 <= v <= 0.95, "must be between 0 and 0.95 (a share)"),
+    "selection.prior_mean": _between(-4, 4, " (in σ)"),
+    "selection.prior_sd": (lambda v: 0.1 <= v <= 8, "must be between 0.1 and 8 (in σ)"),
+    "selection.prior_weight": _between(0, 100000, " (verdicts)"),
     "selection.cull_every": (lambda v: v >= 1, "must be at least 1 (to never cull, set it above stop.max_trials)"),
     "selection.cull_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (both excluded)"),
     "selection.patience": _at_least(0),
@@ -405,8 +408,8 @@ def validate(cfg: Config, where: str | Where = "<config>") -> None:
              for w in weights.values()), "proposers.weights", "must map proposer names to finite weights >= 0")
     need(sum(weights.values()) > 0, "proposers.weights", "must give some proposer a weight > 0")
     _validate_agents(cfg.proposers, need)
-    need(cfg.selection.alpha + cfg.selection.beta < 1, "selection.beta",
-         "must be below 1 - selection.alpha (else the SPRT never runs)")
+    need(cfg.selection.discard_at < cfg.selection.promote_at, "selection.discard_at",
+         "must be below selection.promote_at")
     need(cfg.resources.device in ("auto", "cuda", "cpu"), "resources.device", "must be auto, cuda or cpu")
     need(cfg.resources.overlap in ("auto", "on", "off"), "resources.overlap", "must be auto, on or off")
     need(cfg.resources.compile_cache in ("member", "node"), "resources.compile_cache", "must be member or node")

@@ -383,7 +383,9 @@ class Driver:
         self.say(f"  {proposer} started on {member} ({self.running(proposer)}/{limit} running)")
 
     def history_inputs(self, member: str):
-        """What history.md tells an agent about `member`: head, noise, rule, trials, in flight, best others."""
+        """What history.md tells an agent about `member`: head, noise, rule, trials, in flight, best others, and an
+        adopted project's own history."""
+        from orchestrator.adopt import history_lines
         from orchestrator.proposers.history import TRIALS_SHOWN, HistoryInputs, unified_diff
         heads = self.archive.heads()
         head_src = self.archive.source(heads[member])
@@ -408,7 +410,8 @@ class Driver:
             noise=dict(self.baseline), margins=self.margins_now(head_hash), rule=rule_text(self.cfg.selection),
             trials=trials, in_flight=flight,
             others=[{"member": name, "head_score": score,
-                     "diff": unified_diff(head_src, self.archive.source(heads[name]))} for score, name in others])
+                     "diff": unified_diff(head_src, self.archive.source(heads[name]))} for score, name in others],
+            imported=history_lines(self.archive.imported()))
 
     def margins_now(self, head_hash: str) -> dict:
         """{device kind: how far below the head one run must land for the selection test to clear it}, from
@@ -516,9 +519,8 @@ class Driver:
         device = slot["device_name"] if slot["device_name"] in judged else judged[0]
         key = (job.hash, device)
         earlier = self.scores.trial_of[key]
-        values = self.scores.by_source.get(key, [])
-        result = {"status": "ok" if values else "crash", "device": device,
-                  "val_bpb": sum(values) / len(values) if values else None,
+        score = self.scores.mean(job.hash, device)
+        result = {"status": "ok" if score is not None else "crash", "device": device, "val_bpb": score,
                   "reason": f"byte-identical to {earlier}: result reused, not trained again"}
         job.runs.append(result)
         verdict = {"kind": "discard", "decided_by": f"repeat of {earlier} (proposer repeated itself)", "runs": 0}
@@ -746,12 +748,13 @@ def checked_operator_settings() -> dict:
 
 def rule_text(sel) -> str:
     """The verdict rule in words, for history.md (the numbers come from the driver's margins)."""
-    return (f"Sequential test after each run: a Wald SPRT of 'no effect' against 'a win of {sel.effect_sigmas:g} "
-            f"sigma' (alpha {sel.alpha:g}, beta {sel.beta:g}), comparing your mean with the head's mean on the same "
-            f"device kind, sigma pooled over every repeated run; at most {sel.max_runs} selection runs. A candidate "
-            f"that clears it gets {sel.confirm_runs} fresh runs and is promoted only if all its runs give "
-            f"z <= -{sel.confirm_bar:g}; those fresh runs alone score the new head. Seed-only changes are never "
-            f"promoted. The margin below is how far under the head ONE run must land to clear the test.")
+    return (f"After each run, your mean is compared with the head's score on the same device kind (sigma pooled "
+            f"over every repeated run): the gap and the prior over edit effects that this population's own "
+            f"verdicts show (most edits do nothing or harm) give P(your edit is a win). P >= {sel.promote_at:g} "
+            f"promotes, P <= {sel.discard_at:g} discards, in between it runs again (at most {sel.max_runs} runs). "
+            f"A promoted head is scored by its posterior, which corrects for the luck that selected it. Seed-only "
+            f"changes are never promoted. The margin below is how far under the head ONE run must land to "
+            f"promote.")
 
 
 def static_problem(source: str, proposer: str) -> str:

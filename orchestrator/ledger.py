@@ -81,14 +81,17 @@ SCHEMA = pa.schema([
     ("llm_cost", pa.float64()),         # endpoint proposals: usage x proposers.endpoint.prices (dollars)
     ("timeline", pa.string()),          # JSON: wall-clock stamps launch/ready/go/start/finish/judge_start/judge_end
     # the verdict's evidence (issue 9); older archives read these as nulls
-    ("head_runs", pa.int64()),          # runs of the head the candidate was compared with
+    ("head_runs", pa.float64()),        # the head's weight in runs (its runs, a promotion's posterior) compared with
     ("sigma", pa.float64()),            # σ of one run, pooled over this device kind and budget
     ("sigma_dof", pa.int64()),          # its degrees of freedom
-    ("evidence", pa.float64()),         # selection: log LR (high: a win); confirmation: z over all runs (low: a win)
-    ("bar", pa.float64()),              # what it was read against: the SPRT's upper threshold, or -confirm_bar
+    ("evidence", pa.float64()),         # P(the edit is a win) (an earlier rule: log LR or z)
+    ("bar", pa.float64()),              # what it was read against: selection.promote_at
     ("rule", pa.string()),              # the rule and its knobs
-    ("selection_runs", pa.int64()),     # runs that selected it; a promotion's later runs confirmed it
-    ("head_score", pa.float64()),       # a promotion's score as a head: the mean of its confirmation runs
+    ("selection_runs", pa.int64()),     # runs that selected it (an earlier rule: later runs confirmed it)
+    ("head_score", pa.float64()),       # a promotion's score as a head: its posterior mean
+    ("head_weight", pa.float64()),      # ... and that posterior's weight in runs
+    ("effect", pa.float64()),           # the gap, candidate mean - head, in σ (the prior's data)
+    ("effect_se", pa.float64()),        # its standard error, in σ
     ("segment", pa.int64()),            # score segment (ARCHIVE/config_history.jsonl); older rows read null = 0
     # identities of the train.py texts (orchestrator.fingerprint.source_hash), so resume never reads git per row
     ("source_hash", pa.string()),       # this trial's train.py

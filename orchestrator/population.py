@@ -4,12 +4,14 @@ Plain data and pure functions, rebuilt from the archive's trial records; the Ray
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
 
+from judge import effect_prior
 from judge import verdict as judge_verdict
-from judge.noise import Noise, inflated, noise_by_key, pooled
+from judge.noise import Noise, noise_by_key, pooled
 from orchestrator.fingerprint import source_hash
 
 BASELINE = "baseline"        # proposer name of the seed's noise-floor runs
@@ -36,15 +38,16 @@ def run_seed(trial_id: str, run_index: int) -> int:
 def rule_of(cfg_selection) -> judge_verdict.Rule:
     """The verdict rule the selection config asks for."""
     s = cfg_selection
-    return judge_verdict.Rule(effect_sigmas=s.effect_sigmas, alpha=s.alpha, beta=s.beta, max_runs=s.max_runs,
-                              confirm_runs=s.confirm_runs, confirm_bar=s.confirm_bar)
+    default = effect_prior.Prior(s.prior_null, s.prior_mean, s.prior_sd)
+    return judge_verdict.Rule(promote_at=s.promote_at, discard_at=s.discard_at, max_runs=s.max_runs,
+                              default=default, prior_weight=s.prior_weight)
 
 
-def head_runs_wanted(cfg_selection, confirming: bool) -> int:
-    """Runs the head needs on a device kind before a candidate is judged against it: selection.head_runs,
-    and selection.confirm_head_runs once the candidate is confirming (a head's runs accumulate)."""
+def head_runs_wanted(cfg_selection, runs: int) -> int:
+    """The head's weight (in runs) on a device kind before a candidate with `runs` runs is judged against it:
+    selection.head_runs at its first run, selection.rerun_head_runs from its second (a head's runs accumulate)."""
     s = cfg_selection
-    return max(s.head_runs, s.confirm_head_runs) if confirming else s.head_runs
+    return max(s.head_runs, s.rerun_head_runs) if runs >= 2 else s.head_runs
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Job:
     device_kind: str = ""                # run only on actors of this device kind ('' = any)
     attempt: int = 0                     # dispatches lost to infrastructure failures
     infra_failures: int = 0
-    cleared_at: int = 0                  # selection runs when it cleared the bar (0: not yet); later runs confirm
+    cleared_at: int = 0                  # archives of the earlier rule: runs when it cleared (later ones confirmed)
     want_runs: int = 1                   # a reference job: runs of the head it is to add
     cost: dict = field(default_factory=dict)     # what proposing it cost (agent_seconds, agent_log, llm_* columns)
 
@@ -79,15 +82,19 @@ class Job:
 
 @dataclass
 class Scores:
-    """val_bpb of each source (by hash) on each device kind, from ok runs: the runs that score it (a promoted
-    candidate's confirmation runs, not the ones that selected it) and all its runs (for the noise)."""
+    """val_bpb of each source (by hash) on each device kind, from ok runs: the runs that score it (not the ones
+    that selected a promotion: its posterior scores it instead) and all its runs (for the noise); and the gaps of
+    decided candidates, the data of the prior over edit effects."""
     by_source: dict = field(default_factory=dict)    # (hash, device) -> [val_bpb that score the source]
+    shrunk: dict = field(default_factory=dict)       # (hash, device) -> [posterior mean, weight] of a promotion
+    effects: dict = field(default_factory=dict)      # effect_prior.bin_of(gap, se) -> verdicts there
     repeats: dict = field(default_factory=dict)      # (hash, device, budget s) -> [every ok val_bpb]
     curves: dict = field(default_factory=dict)       # (hash, device) -> loss curve of one run
     trial_of: dict = field(default_factory=dict)     # (hash, device) -> first trial id judged
     startups: dict = field(default_factory=dict)     # device -> [start-up seconds of seed runs]
     kinds: dict = field(default_factory=dict)        # hash -> [device kinds judged, sorted]: look-ups stay O(1)
     repeated: dict = field(default_factory=dict)     # (device, budget s) -> {repeats key with >= 2 runs: None}
+    fitted: dict = field(default_factory=dict, compare=False, repr=False)   # (verdicts, rule) -> Prior: a cache
 
     def add(self, src_hash: str, device: str, result: dict, trial_id: str, scores_it: bool = True) -> None:
         key = (src_hash, device)
@@ -115,9 +122,34 @@ class Scores:
     def runs(self, src_hash: str, device: str) -> list[float]:
         return list(self.by_source.get((src_hash, device), []))
 
+    def estimate(self, src_hash: str, device: str) -> judge_verdict.HeadEstimate | None:
+        """The source's score there: its scoring runs, with a promotion's posterior as `weight` runs of its mean."""
+        values = self.by_source.get((src_hash, device), ())
+        mean, weight = self.shrunk.get((src_hash, device), (0.0, 0.0))
+        total = weight + len(values)
+        if total <= 0:
+            return None
+        return judge_verdict.HeadEstimate((mean * weight + sum(values)) / total, total)
+
     def mean(self, src_hash: str, device: str) -> float | None:
-        values = self.by_source.get((src_hash, device))
-        return float(statistics.fmean(values)) if values else None
+        found = self.estimate(src_hash, device)
+        return None if found is None else float(found.mean)
+
+    def weight(self, src_hash: str, device: str) -> float:
+        found = self.estimate(src_hash, device)
+        return 0.0 if found is None else found.weight
+
+    def add_effect(self, gap: float, se: float) -> None:
+        at = effect_prior.bin_of(gap, se)
+        self.effects[at] = self.effects.get(at, 0) + 1
+
+    def prior(self, rule: judge_verdict.Rule) -> effect_prior.Prior:
+        """The prior over edit effects the recorded verdicts show (a pure function of them; fitted once per count)."""
+        key = (sum(self.effects.values()), rule.default, rule.prior_weight)
+        if key not in self.fitted:
+            self.fitted.clear()
+            self.fitted[key] = effect_prior.fit(self.effects, rule.default, rule.prior_weight)
+        return self.fitted[key]
 
     def judged_kinds(self, src_hash: str) -> list[str]:
         """Device kinds on which this source was judged (sorted)."""
@@ -141,12 +173,27 @@ def budget_key(result: dict) -> float:
     return round(float(result.get("budget_seconds") or 0.0), 1)
 
 
-def record_runs(scores: Scores, job: Job, device: str, promoted: bool) -> None:
-    """A finished job's runs into the scores: all count for the noise; a promotion is scored by its
-    confirmation runs only (runs that did not select it), anything else by all its runs."""
-    for i, r in enumerate(job.runs):
-        scores_it = not promoted or i >= job.cleared_at
-        scores.add(job.hash, r.get("device") or device, r, job.trial_id, scores_it=scores_it)
+def score_row(scores: Scores, src_hash: str, device: str, row: dict, curve=None) -> None:
+    """A recorded trial's runs into the scores (all count for the noise); a promotion is scored by its posterior
+    (head_score, head_weight) and by none of the runs that selected it (an earlier rule's promotion: by its
+    confirmation runs, those after selection_runs); a decided candidate's gap joins the prior's data."""
+    scores.judged(src_hash, device, row["trial_id"])
+    runs = [] if row.get("reused_from") else run_scores(row)
+    promoted = row.get("verdict") == "promote"
+    selected = _number(row, "selection_runs") if promoted else None
+    for i, v in enumerate(runs):
+        scores.add(src_hash, device, {"status": "ok", "val_bpb": v, "budget_seconds": _number(row, "budget_seconds"),
+                                      "loss_curve": curve if i == 0 else None},
+                   row["trial_id"], scores_it=not selected or i >= selected)
+    if promoted and _number(row, "head_weight"):
+        scores.shrunk[(src_hash, device)] = [float(row["head_score"]), float(row["head_weight"])]
+    if _number(row, "effect") is not None and _number(row, "effect_se"):
+        scores.add_effect(float(row["effect"]), float(row["effect_se"]))
+
+
+def _number(row: dict, key: str):
+    value = row.get(key)
+    return None if value is None or value != value else value       # value != value: NaN from pandas
 
 
 def run_scores(record: dict) -> list[float]:
@@ -175,7 +222,8 @@ def of_current_segment(device_key: str) -> bool:
 def head_key(scores: Scores, head_hash: str) -> str | None:
     """The device key whose runs score a head: the first kind by name of the current segment, else of an
     earlier one; None when nothing scored it."""
-    kinds = [dev for dev in scores.judged_kinds(head_hash) if scores.by_source.get((head_hash, dev))]
+    kinds = [dev for dev in scores.judged_kinds(head_hash)
+             if scores.by_source.get((head_hash, dev)) or (head_hash, dev) in scores.shrunk]
     current = [dev for dev in kinds if of_current_segment(dev)]
     return (current or kinds)[0] if kinds else None
 
@@ -194,39 +242,39 @@ def key_segment(device_key: str, current: int) -> int:
 
 
 def margins(scores: Scores, head_hash: str, rule: judge_verdict.Rule) -> dict:
-    """{device kind: how far below the head one run must land for the selection test to clear it}, from the
-    pooled σ of each kind and budget (widened for its dof) and the head's runs there; kinds with no σ, and
+    """{device kind: how far below the head one run must land to be promoted}, from the pooled σ of each kind
+    and budget (at its dof) and the head's weight there; kinds with no σ, and
     earlier segments (never compared again), are left out."""
     out = {}
     for (device, _budget), noise in scores.noise_table().items():
-        sigma, runs = inflated(noise), len(scores.runs(head_hash, device))
-        if sigma and runs and of_current_segment(device):
-            out[device] = judge_verdict.sprt_margin(1, runs, sigma, rule)
+        weight = scores.weight(head_hash, device)
+        if noise.sigma and weight and of_current_segment(device):
+            out[device] = judge_verdict.promote_margin(1, weight, noise, rule, scores.prior(rule))
     return out
 
 
 def reference_runs_needed(scores: Scores, head_hash: str, device: str, head_runs: int) -> int:
-    """Runs of the head to add on this device kind before a candidate is compared with it: up to
+    """Runs of the head to add on this device kind before a candidate is compared with it: up to a weight of
     `head_runs` there (see head_runs_wanted); 0 for a head never judged anywhere."""
     if head_score(scores, head_hash) is None:
         return 0
-    return max(0, head_runs - len(scores.runs(head_hash, device)))
+    return max(0, math.ceil(head_runs - scores.weight(head_hash, device) - 1e-9))
 
 
-def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[list[float], str]:
-    """The head's runs to compare with: same device kind when known, else another kind (noted)."""
-    same = scores.runs(head_hash, device)
+def head_reference(scores: Scores, head_hash: str, device: str) -> tuple[judge_verdict.HeadEstimate | None, str]:
+    """The head's estimate to compare with: same device kind when known, else another kind (noted)."""
+    same = scores.estimate(head_hash, device)
     if same:
         return same, f"same device ({device})"
-    other = sorted(dev for (h, dev), values in scores.by_source.items()
-                   if h == head_hash and values and of_current_segment(dev))      # never an earlier segment
+    other = [dev for dev in scores.judged_kinds(head_hash)     # never an earlier segment's
+             if dev != device and of_current_segment(dev) and scores.estimate(head_hash, dev)]
     if other:
-        return scores.runs(head_hash, other[0]), f"cross-device ({other[0]}; no score on {device})"
-    return [], "no head score"
+        return scores.estimate(head_hash, other[0]), f"cross-device ({other[0]}; no score on {device})"
+    return None, "no head score"
 
 
 def judge_job(job: Job, scores: Scores, head_hash: str, rule: judge_verdict.Rule, parent_source: str) -> dict:
-    """Verdict for a job whose latest run finished: rerun, confirm, promote, discard, or the failure status;
+    """Verdict for a job whose latest run finished: rerun, promote, discard, or the failure status;
     with the evidence it rests on (the ledger's verdict columns)."""
     last = job.runs[-1]
     if last.get("status") != "ok":
@@ -237,18 +285,19 @@ def judge_job(job: Job, scores: Scores, head_hash: str, rule: judge_verdict.Rule
     values = [r["val_bpb"] for r in job.runs if r.get("status") == "ok"]
     noise = scores.noise(device, budget_key(last), values)
     seed_only = job.proposer != BASELINE and judge_verdict.is_seed_only_change(parent_source, job.source)
-    v = judge_verdict.decide(values, head, noise, rule, seed_only, job.cleared_at)
-    return verdict_record(v, noise, rule, head, how, values, job.cleared_at)
+    v = judge_verdict.decide(values, head, noise, rule, seed_only, scores.prior(rule))
+    return verdict_record(v, noise, rule, head, how)
 
 
-def verdict_record(v: judge_verdict.Verdict, noise: Noise, rule: judge_verdict.Rule, head: list[float],
-                   how: str, values: list[float], cleared_at: int) -> dict:
-    """The verdict as the ledger's columns: margin (the gap in val_bpb the bar asked for), σ and dof, the
-    evidence (log LR in selection, z at confirmation) and its bar."""
+def verdict_record(v: judge_verdict.Verdict, noise: Noise, rule: judge_verdict.Rule,
+                   head: judge_verdict.HeadEstimate | None, how: str) -> dict:
+    """The verdict as the ledger's columns: margin (the gap in val_bpb one run needs), σ and dof, the evidence
+    (P(win)) and its bar, the gap and its standard error (in σ), a promotion's posterior score and weight."""
     return {"kind": v.kind, "decided_by": f"{v.decided_by} [{how}]", "runs": v.runs, "margin": v.margin,
-            "head_runs": len(head), "sigma": noise.sigma, "sigma_dof": noise.dof, "evidence": v.evidence,
-            "bar": v.bar, "rule": rule.describe(), "head_score": v.head_score,
-            "selection_runs": cleared_at or len(values)}
+            "head_runs": None if head is None else round(head.weight, 3), "sigma": noise.sigma,
+            "sigma_dof": noise.dof, "evidence": v.evidence, "bar": v.bar, "rule": rule.describe(),
+            "head_score": v.head_score, "head_weight": v.head_weight, "effect": v.gap, "effect_se": v.gap_se,
+            "selection_runs": v.runs}
 
 
 def run_timelines(job: Job) -> list[dict]:
@@ -278,7 +327,8 @@ def ledger_row(job: Job, result: dict, verdict: dict, slot: dict, reused_from: s
         "decided_by": verdict.get("decided_by"), "head_runs": verdict.get("head_runs"),
         "sigma": verdict.get("sigma"), "sigma_dof": verdict.get("sigma_dof"), "evidence": verdict.get("evidence"),
         "bar": verdict.get("bar"), "rule": verdict.get("rule"), "selection_runs": verdict.get("selection_runs"),
-        "head_score": verdict.get("head_score"), "started_at": timeline.get("launch") or now,
+        "head_score": verdict.get("head_score"), "head_weight": verdict.get("head_weight"),
+        "effect": verdict.get("effect"), "effect_se": verdict.get("effect_se"), "started_at": timeline.get("launch") or now,
         "finished_at": timeline.get("judge_end") or timeline.get("finish") or now,
         "reason": result.get("reason", ""), "message": job.message, "reused_from": reused_from,
         "attempt": job.attempt, "infra_failures": job.infra_failures,

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from orchestrator import selection
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, head_score, judge_job,
-                                     reference_runs_needed, rule_of, run_scores, segment_device, trial_number)
+                                     reference_runs_needed, rule_of, run_scores, score_row, segment_device,
+                                     trial_number)
 from orchestrator.selection import MemberState
 
 MUTATE = "mutate"            # the proposer whose draws come from the per-member mutation stream
@@ -152,15 +153,8 @@ def _recorded(state: PopulationState, e: Recorded) -> None:
 
 
 def _score_runs(state: PopulationState, r: dict, h: str, curve) -> None:
-    """The record's runs into the scores; a promotion is scored by its confirmation runs only."""
-    device = score_device(state, r)
-    state.scores.judged(h, device, r["trial_id"])
-    runs = [] if r.get("reused_from") else run_scores(r)
-    selected = _value(r, "selection_runs") if r.get("verdict") == "promote" else None
-    for i, v in enumerate(runs):
-        state.scores.add(h, device, {"status": "ok", "val_bpb": v, "budget_seconds": _value(r, "budget_seconds"),
-                                     "loss_curve": curve if i == 0 else None},
-                         r["trial_id"], scores_it=not selected or i >= selected)
+    """The record's runs into the scores (population.score_row), under its score segment's device key."""
+    score_row(state.scores, h, score_device(state, r), r, curve)
 
 
 def score_device(state: PopulationState, r: dict) -> str:
@@ -233,8 +227,8 @@ def cull_plan(state: PopulationState, fraction: float, patience: int) -> list[tu
 
 @dataclass(frozen=True)
 class Step:
-    """What to do with a candidate whose latest run finished: FINISH with `verdict`; RUN_AGAIN (verdict rerun or
-    confirm; cleared_at: its selection runs once it cleared); ASK_REFERENCE (`short` more head runs on key's
+    """What to do with a candidate whose latest run finished: FINISH with `verdict`; RUN_AGAIN (verdict rerun;
+    cleared_at: kept from an earlier rule's journal); ASK_REFERENCE (`short` more head runs on key's
     device kind, to `wanted` there; the candidate parks); WAIT_BASELINE (the seed's runs are not all in)."""
     action: str
     verdict: dict | None = None
@@ -256,16 +250,14 @@ def next_step(state: PopulationState, job: Job, sel, device: str, baseline_pendi
         return Step(WAIT_BASELINE)
     head_hash = state.head_hash[job.member]
     key = (head_hash, device)
-    confirming = bool(job.cleared_at) and len(job.runs) - job.cleared_at >= sel.confirm_runs
-    wanted = head_runs_wanted(sel, confirming)
+    wanted = head_runs_wanted(sel, len(job.runs))
     short = reference_runs_needed(state.scores, head_hash, device, wanted)
     asked = key in referencing or wanted > state.references.get(key, 0)
     if job.runs[-1].get("status") == "ok" and short and asked:
         return Step(ASK_REFERENCE, key=key, short=short, wanted=wanted)
     verdict = judge_job(job, state.scores, head_hash, rule_of(sel), parent_source())
-    if verdict["kind"] in ("rerun", "confirm"):
-        cleared = job.cleared_at or (len(job.runs) if verdict["kind"] == "confirm" else 0)
-        return Step(RUN_AGAIN, verdict, cleared_at=cleared)
+    if verdict["kind"] == "rerun":
+        return Step(RUN_AGAIN, verdict, cleared_at=job.cleared_at)
     return Step(FINISH, verdict)
 
 

@@ -22,12 +22,12 @@ from matplotlib.patches import Patch
 
 from judge.verdict import Rule
 from orchestrator import config_change, ledger
-from orchestrator.archive import SHORT, Archive, LineageEntry, Pending
+from orchestrator.archive import IMPORTED_TRAILER, SHORT, Archive, LineageEntry, Pending
 from orchestrator.cost import cost_table
 from orchestrator.population import BASELINE, Scores, head_key, head_score, key_segment, rule_of, run_scores
 from orchestrator.replay import replay
 from orchestrator.status import (archive_config, baseline_text, best_member, elapsed, full_lineage, head_hashes,
-                                 margin_of, margin_text, noise_text, pending_since, segment_text)
+                                 margin_of, margin_text, noise_text, pending_since, prior_text, segment_text)
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -38,6 +38,7 @@ PNG_SIZE, PNG_DPI = (10, 5.5), 110
 CLIP_QUANTILE = 0.9          # the plot's top edge: this quantile plus its distance to the best (outliers sit on it)
 SEED_COLOR, FAILED_COLOR = "black", "#d62728"
 SVG_WIDTH, SVG_LABEL_WIDTH, SVG_LANE, SVG_TOP, SVG_BOTTOM, SVG_RIGHT = 960, 130, 36, 40, 50, 30
+IMPORTED_COLOR, IMPORTED_STEP = "#777", 14    # lineage.svg's imported lane: its colour, its marks' widest spacing
 
 
 class Snapshot(NamedTuple):
@@ -99,8 +100,8 @@ def _kept(trials: pd.DataFrame) -> pd.Series:
 
 
 def _as_head(trials: pd.DataFrame) -> pd.Series:
-    """Each row's score as a head, as the population scores a promotion: its confirmation runs' mean
-    (head_score) where the verdict recorded one, else its val_bpb."""
+    """Each row's score as a head, as the population scores a promotion: its posterior (head_score; an earlier
+    rule's confirmation runs' mean) where the verdict recorded one, else its val_bpb."""
     score = pd.to_numeric(trials["head_score"], errors="coerce")
     return score.fillna(pd.to_numeric(trials["val_bpb"], errors="coerce"))
 
@@ -356,26 +357,60 @@ def _lane_svg(entry: LineageEntry, lanes: dict, color: str, kept: pd.DataFrame, 
     return out
 
 
+def _imported_mark(entry: dict) -> str:
+    """kept (a commit of the branch), else the run's status (discard or crash)."""
+    return "kept" if entry["kind"] == "ancestor" else entry.get("Imported-Status", "trial")
+
+
+def _imported_title(entry: dict) -> str:
+    bpb = entry.get("Imported-Val-Bpb") or "-"
+    text = f"{entry.get(IMPORTED_TRAILER, '')[:SHORT]} {_imported_mark(entry)}: val_bpb {bpb} (imported, not compared)"
+    return text + (f": {entry['Imported-Description']}" if entry.get("Imported-Description") else "")
+
+
+def _imported_lane_svg(entries: list[dict], y: float, plot_width: float) -> list[str]:
+    """An adopted project's history, before the seed, in its own order (not on the time axis): kept commits as
+    filled dots, discarded and crashed runs as hollow ones (crashed in red); val_bpb only in the titles."""
+    step = min(IMPORTED_STEP, plot_width / len(entries))
+    out = [f'<text x="10" y="{y + 4:.1f}" fill="{IMPORTED_COLOR}">imported</text>',
+           f'<line x1="{SVG_LABEL_WIDTH}" y1="{y:.1f}" x2="{SVG_LABEL_WIDTH + step * len(entries):.1f}" '
+           f'y2="{y:.1f}" stroke="{IMPORTED_COLOR}" stroke-dasharray="2 3"/>',
+           f'<text x="{SVG_LABEL_WIDTH}" y="{y + 16:.1f}" font-size="10" fill="{IMPORTED_COLOR}">the adopted '
+           "project's commits and runs in its own order, not on the time axis; its own val_bpb, never compared</text>"]
+    for i, entry in enumerate(entries):
+        mark = _imported_mark(entry)
+        stroke = FAILED_COLOR if mark == "crash" else IMPORTED_COLOR
+        out.append(f'<circle class="imported {html.escape(mark)}" cx="{SVG_LABEL_WIDTH + step * (i + 0.5):.1f}" '
+                   f'cy="{y:.1f}" r="4" fill="{IMPORTED_COLOR if mark == "kept" else "white"}" stroke="{stroke}" '
+                   f'stroke-width="1.5"><title>{html.escape(_imported_title(entry))}</title></circle>')
+    return out
+
+
 def lineage_svg(snap: Snapshot) -> str:
-    """A hand-drawn SVG: one lane per member over time, forks as arrows, promotions as dots, retirements as X."""
+    """A hand-drawn SVG: one lane per member over time, forks as arrows, promotions as dots, retirements as X;
+    an adopted project's history in a lane of its own above them."""
     t0, t1 = _time_span(snap)
     plot_width = SVG_WIDTH - SVG_LABEL_WIDTH - SVG_RIGHT
-    height = SVG_TOP + SVG_LANE * len(snap.lineage) + SVG_BOTTOM
+    first = 1 if snap.imported else 0                   # the imported lane takes the top one
+    height = SVG_TOP + SVG_LANE * (first + len(snap.lineage)) + SVG_BOTTOM
 
     def x(stamp: float) -> float:
         return SVG_LABEL_WIDTH + (float(stamp) - t0) / (t1 - t0) * plot_width
 
-    lanes = {e.member: SVG_TOP + SVG_LANE * (i + 0.5) for i, e in enumerate(snap.lineage)}
+    lanes = {e.member: SVG_TOP + SVG_LANE * (first + i + 0.5) for i, e in enumerate(snap.lineage)}
     colors = _colors(snap)
     kept = snap.trials[_kept(snap.trials) & snap.trials["finished_at"].notna()]
     axis_y = height - SVG_BOTTOM + 15
+    imported = f", {len(snap.imported)} imported" if snap.imported else ""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height}" '
              f'viewBox="0 0 {SVG_WIDTH} {height}" font-family="sans-serif" font-size="13">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#444"/></marker></defs>',
              '<rect width="100%" height="100%" fill="white"/>',
              f'<text x="10" y="22" font-size="15">lineage of {html.escape(snap.path.name)}: '
-             f'{len(snap.heads)} alive, {len(snap.retired)} retired</text>']
+             f'{len(snap.heads)} alive, {len(snap.retired)} retired{imported}</text>']
+    if snap.imported:
+        parts += _imported_lane_svg(snap.imported, SVG_TOP + SVG_LANE * 0.5, plot_width)
     for entry in snap.lineage:
         member_kept = kept[kept["member"] == entry.member]
         parts += _lane_svg(entry, lanes, colors[entry.member], member_kept, x, t1)
@@ -427,12 +462,18 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     return table.astype(object).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
 
 
-VERDICT_COLUMNS = ("trial_id", "member", "verdict", "val_bpb", "runs", "selection_runs", "head_runs",
-                   "evidence", "bar", "sigma", "sigma_dof", "head_score")
+VERDICT_COLUMNS = ("trial_id", "member", "verdict", "val_bpb", "runs", "head_runs", "effect", "effect_se",
+                   "evidence", "bar", "sigma", "sigma_dof", "head_score", "head_weight")
 
 
 def noise_band(snap: Snapshot) -> str:
     return "not measured yet (no train.py run twice)" if snap.scores is None else noise_text(snap.scores)
+
+
+def effect_prior_line(snap: Snapshot) -> str:
+    if snap.scores is None:
+        return "no verdict yet"
+    return prior_text(snap.scores, snap.rule or archive_rule(snap.path))
 
 
 def segment_line(snap: Snapshot) -> str:
@@ -459,6 +500,7 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
              f"- seed baseline val_bpb: {_baseline_line(snap)}",
              f"- noise margin: {_margin_line(snap)}",
              f"- noise band: {noise_band(snap)}",
+             f"- edit effects: {effect_prior_line(snap)}",
              f"- score segment: {segment_line(snap)}",
              f"- best: {_best_line(snap)}",
              f"- members: {len(snap.heads)} alive, {len(snap.retired)} retired",
@@ -469,7 +511,8 @@ def summary_md(snap: Snapshot, board: pd.DataFrame) -> str:
     for by in ("proposer", "member"):
         lines += [f"By {by}:", "", _markdown_table(_rounded(cost_table(trials, by))), ""]
     lines += ["", "## Leaderboard ([leaderboard.tsv](leaderboard.tsv))", "", _markdown_table(board), "",
-              "## Verdicts (evidence: the log LR against its bar in selection, z at confirmation; see `rule`)", "",
+              "## Verdicts (effect: the gap to the head in σ, ± effect_se; evidence: P(win) against its bar; "
+              "see `rule`)", "",
               verdict_table(snap), "",
               "## Progress", "", "![val_bpb of every trial](progress.png)", "",
               "## Lineage", "", "![forks, promotions and retirements](lineage.svg)", ""]

@@ -17,7 +17,7 @@ from orchestrator.population_state import PopulationState
 from orchestrator.selection import MemberState
 
 SNAPSHOT_FILE = "state.json"
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2              # 2: the promotions' posteriors and the verdicts' gaps (the prior's data)
 SNAPSHOT_EVERY = 1000            # recorded trials between two snapshots the driver writes
 
 
@@ -64,12 +64,14 @@ def encode_scores(scores: Scores) -> dict:
             "device_of": [index[device] for _, device in keys],
             "trials": " ".join(scores.trial_of[key] for key in keys), "runs": runs, "budgets": budgets,
             "repeats": spelled, "curves": [[position[key], curve] for key, curve in scores.curves.items()],
-            "startups": scores.startups,
+            "startups": scores.startups, "shrunk": _pairs(scores.shrunk),
+            "effects": [[gap, se, count] for (gap, se), count in scores.effects.items()],
             "repeated": [[list(key), [list(at) for at in keys_]] for key, keys_ in scores.repeated.items()]}
 
 
 def decode_scores(data: dict) -> Scores:
-    scores = Scores(startups=data["startups"],
+    scores = Scores(startups=data["startups"], shrunk=_unpairs(data["shrunk"]),
+                    effects={(gap, se): count for gap, se, count in data["effects"]},
                     repeated={tuple(key): {tuple(at): None for at in ats} for key, ats in data["repeated"]})
     hashes, trials = data["hashes"].split(" ") if data["hashes"] else [], data["trials"].split(" ")
     devices = data["devices"]

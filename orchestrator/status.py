@@ -69,6 +69,11 @@ def noise_text(scores: Scores) -> str:
                      for (device, budget), n in known.items())
 
 
+def prior_text(scores: Scores, rule) -> str:
+    """The prior over edit effects the verdicts use now: the default, or its fit to the recorded verdicts."""
+    return scores.prior(rule).describe()
+
+
 def segment_text(segment: int, history: list) -> str:
     """The current score segment and the accepted config changes that started it."""
     if not history:
@@ -196,7 +201,8 @@ def status_text(archive_dir) -> str:
              f"({', '.join(f'{s} {n}' for s, n in counts) or 'none'}), {promoted} promoted",
              f"seed: {baseline_text([v for dev in sorted(state.baseline) for v in state.baseline[dev]])}; "
              f"margin {margin_text(*margin)}",
-             f"noise: {noise_text(state.scores)}", segment_text(segment, config_change.history(path)), ""]
+             f"noise: {noise_text(state.scores)}", f"edit effects: {prior_text(state.scores, rule_of(cfg.selection))}",
+             segment_text(segment, config_change.history(path)), ""]
     columns = list(COLUMNS)
     if segment:                                        # which heads are scored in this segment, which not yet
         columns.insert(3, "head_segment")

@@ -31,7 +31,7 @@ def config(tmp_path: Path, cache: Path, max_trials: int) -> Path:
            "budget": {"seconds": 2.0, "startup_floor": 60.0},
            "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
            "judge": {"seq_len": 64, "eval_tokens": 4096},
-           "selection": {"noise_seeds": 1, "head_runs": 3, "confirm_head_runs": 4, "patience": 2},
+           "selection": {"noise_seeds": 1, "head_runs": 3, "rerun_head_runs": 4, "patience": 2},
            "stop": {"max_trials": max_trials},
            "resources": {"device": "cpu", "cpu_slots": 1}}
     path = tmp_path / "cfg.yaml"
@@ -102,6 +102,35 @@ def test_adopt_a_git_project_runs_it_as_the_seed(tmp_path, project, data_spec, c
     status = run_cli(["status", str(archive_dir)])
     assert status.returncode == 0 and "imported history" in status.stdout and "1.870000" in status.stdout
     assert "Imported history" in (archive_dir / "report" / "summary.md").read_text()
+
+
+def test_imported_history_shows_in_lineage_svg_and_history_md(tmp_path, project):
+    """No Ray, no training: the adopted archive's report lineage and an agent's history.md show the imported rows."""
+    from orchestrator.config import load
+    from orchestrator.driver import Driver
+    from orchestrator.proposers.history import format_history
+    from orchestrator.report import lineage_svg, snapshot
+    archive_dir = create_archive(read_project(project), tmp_path / "archive", ["m0", "m1"])
+    svg = lineage_svg(snapshot(archive_dir))
+    lane = svg[svg.index(">imported</text>"):svg.index(">m0</text>")]         # above the members' lanes
+    marks = [line.split('"')[1] for line in lane.splitlines() if line.startswith("<circle")]
+    assert marks == ["imported kept", "imported kept", "imported discard", "imported crash"]
+    assert "kept: val_bpb 1.900000 (imported, not compared): baseline" in lane
+    assert "discard: val_bpb 1.870000 (imported, not compared): deeper model" in lane
+    assert 'fill="white"' not in lane.split("discard")[0] and lane.count('fill="white"') == 2   # hollow: not kept
+    assert "4 imported" in svg and "promotion" not in lane
+    cfg = load(None)
+    cfg.archive = str(archive_dir)
+    driver = Driver(cfg, out=open(os.devnull, "w"))
+    driver.open_archive()
+    try:
+        driver.rebuild()
+        text = format_history(driver.history_inputs("m0"))
+    finally:
+        driver.archive.close()
+    section = text[text.index("## Imported history"):text.index("## The best other")]
+    assert "never compared" in section and "4 entries" in section
+    assert section.index("crash") < section.index("discard") < section.index("val_bpb 1.900000 (imported)")
 
 
 def test_adopt_a_single_file_keeps_it_byte_for_byte(tmp_path):

@@ -192,6 +192,24 @@ def test_history_of_a_fresh_member_says_what_is_not_known_yet():
     assert "not judged yet" in text and "margin: not measured yet" in text and "No trials yet." in text
 
 
+def test_history_shows_imported_rows_newest_first_marked_not_compared_and_bounded():
+    from orchestrator.adopt import history_lines
+    entries = [{"kind": "ancestor", "Imported-From": f"{i:040x}", "Imported-Status": "keep",
+                "Imported-Val-Bpb": f"1.{900 - i:03d}000", "Imported-Description": f"kept idea {i}"}
+               for i in range(60)]
+    entries += [{"kind": "trial", "Imported-From": "deadbee", "Imported-Status": "crash", "Imported-Val-Bpb": "0.0",
+                 "Imported-Description": "oom " + "x" * 1000}]
+    text = history.format_history(history.HistoryInputs(member="m0", imported=history_lines(entries)))
+    section = text[text.index("## Imported history"):text.index("## The best other")]
+    assert "never compared" in section and "61 entries, newest first (the last 40 shown)" in section
+    assert section.index("crash") < section.index("kept idea 59") < section.index("kept idea 21")
+    assert "kept idea 20" not in section and "val_bpb 1.841000 (imported)" in section
+    assert max(len(line) for line in section.splitlines() if line.startswith("- ")) <= history.CELL_CHARS + 2
+    small = history.format_history(history.HistoryInputs(member="m0", imported=history_lines(entries)), 3000)
+    assert len(small) <= 3000 and "older entries left out" in small and "kept idea 59" in small
+    assert "## Imported history" not in history.format_history(history.HistoryInputs(member="m0"))
+
+
 def test_driver_history_shows_the_candidates_in_flight(tmp_path):
     from orchestrator.driver import Driver
     from orchestrator.proposers.base import Proposal
@@ -207,7 +225,7 @@ def test_driver_history_shows_the_candidates_in_flight(tmp_path):
         driver.enqueue(Proposal(member="m0", parent_commit=head, source=src, proposer="agent", message="wider"))
         text = history.format_history(driver.history_inputs("m0"))
         assert "### t00000 (agent): wider" in text and "+MODEL_DIM = 96" in text
-        assert "Sequential test after each run" in text and "not judged yet" in text
+        assert "P(your edit is a win)" in text and "not judged yet" in text
         assert "In flight on this member" in history.format_history(driver.history_inputs("m1"))
         assert "+MODEL_DIM" not in history.format_history(driver.history_inputs("m1"))
     finally:

@@ -161,10 +161,10 @@ def test_a_changed_config_on_an_existing_archive_is_refused_with_its_differences
 def test_the_builtin_demo_on_an_archive_made_by_another_config_is_refused(tmp_path, cache_root):
     from orchestrator.config import builtin_demo
     other = builtin_demo()
-    other.selection.alpha = 0.1
+    other.selection.promote_at = 0.1
     saved_archive(tmp_path / "runs" / "demo", other)
     before = archive_state(tmp_path / "runs" / "demo")
     line = one_line(run_cli(["run"], cwd=tmp_path))
-    assert "<built-in demo> differs from" in line and "selection.alpha: 0.1 -> 0.3." in line
+    assert "<built-in demo> differs from" in line and "selection.promote_at: 0.1 -> 0.5." in line
     assert "score segment" not in line                              # the rule changes, not what a score means
     assert archive_state(tmp_path / "runs" / "demo") == before

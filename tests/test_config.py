@@ -165,10 +165,11 @@ def test_a_missing_local_corpus_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.corpus.*no .parquet, .txt or .jsonl"):
         load(write(tmp_path, f"data: {{corpus: 'local:{tmp_path / 'empty'}'}}\n"))
 @pytest.mark.parametrize("text, key", [
-    ("selection:\n  alpha: 1.2\n", "selection.alpha"),
-    ("selection:\n  alpha: 0.6\n  beta: 0.5\n", "selection.beta"),
-    ("selection:\n  effect_sigmas: 0\n", "selection.effect_sigmas"),
-    ("selection:\n  confirm_head_runs: 0\n", "selection.confirm_head_runs"),
+    ("selection:\n  promote_at: 1.2\n", "selection.promote_at"),
+    ("selection:\n  promote_at: 0.3\n  discard_at: 0.5\n", "selection.discard_at"),
+    ("selection:\n  prior_sd: 0\n", "selection.prior_sd"),
+    ("selection:\n  prior_null: 1\n", "selection.prior_null"),
+    ("selection:\n  rerun_head_runs: 0\n", "selection.rerun_head_runs"),
 ])
 def test_verdict_rule_knobs_are_range_checked(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -182,6 +183,6 @@ def test_a_config_that_omits_a_section_gets_its_dataclass_defaults_not_the_demos
     cfg = load(write(tmp_path, "population:\n  size: 3\n"))
     assert (cfg.budget, cfg.judge, cfg.selection, cfg.stop) == (BudgetConfig(), JudgeConfig(), SelectionConfig(),
                                                                  StopConfig())
-    assert cfg.budget.seconds == 300.0 and cfg.stop.max_trials == 0 and cfg.selection.head_runs == 4
+    assert cfg.budget.seconds == 300.0 and cfg.stop.max_trials == 0 and cfg.selection.rerun_head_runs == 6
     demo = builtin_demo()                                # the demo's short values stay in the demo
     assert (demo.budget.seconds, demo.stop.max_trials, demo.selection.head_runs, demo.judge.seq_len) == (8.0, 16, 3, 128)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from judge.verdict import HeadEstimate
 from orchestrator import config_change
 from orchestrator.config import Config, ConfigError, builtin_demo, load
 from orchestrator.driver import Driver, save_config
@@ -41,7 +42,7 @@ def test_differences_are_listed_key_by_key():
     ("resources.device", True, False), ("budget.startup_floor", True, False), ("data.cache_dir", True, False),
     ("judge.timeout_seconds", True, False), ("resources.threads_per_trial", False, True),
     ("budget.seconds", False, True), ("budget.kind", False, True), ("judge.eval_tokens", False, True),
-    ("data.vocab_size", False, True), ("selection.alpha", False, False), ("seed", False, False),
+    ("data.vocab_size", False, True), ("selection.promote_at", False, False), ("seed", False, False),
     ("proposers.weights.agent", False, False), ("population.size", False, False),
 ])
 def test_which_keys_change_freely_and_which_start_a_segment(key, free, segment):
@@ -78,8 +79,8 @@ def test_a_config_saved_by_a_driver_reads_back_without_differences(tmp_path, nam
 def small(tmp_path, **selection) -> Config:
     cfg = Config(archive=str(tmp_path / "archive"))
     cfg.population.size, cfg.stop.max_trials = 1, 50
-    cfg.selection.noise_seeds, cfg.selection.max_runs, cfg.selection.confirm_runs = 2, 2, 1
-    cfg.selection.head_runs, cfg.selection.confirm_head_runs, cfg.selection.cull_every = 2, 2, 1000
+    cfg.selection.noise_seeds, cfg.selection.max_runs = 2, 2
+    cfg.selection.head_runs, cfg.selection.rerun_head_runs, cfg.selection.cull_every = 2, 2, 1000
     return cfg
 
 
@@ -154,11 +155,11 @@ def test_a_head_scored_only_in_an_earlier_segment_is_no_reference():
     state.apply(Recorded({"trial_id": "t00001", "proposer": REFERENCE, "status": "ok", "val_bpb": 2.0,
                           "device": "cpu", "segment": 0}, "h"))
     scores = state.scores
-    assert head_reference(scores, "h", "cpu") == ([], "no head score")
+    assert head_reference(scores, "h", "cpu") == (None, "no head score")
     assert head_score(scores, "h") == 2.0 and reference_runs_needed(scores, "h", "cpu", 3) == 3
     state.apply(Recorded({"trial_id": "t00002", "proposer": REFERENCE, "status": "ok", "val_bpb": 1.0,
                           "device": "gpu", "segment": 1}, "h"))
-    assert head_reference(scores, "h", "cpu") == ([1.0], "cross-device (gpu; no score on cpu)")
+    assert head_reference(scores, "h", "cpu") == (HeadEstimate(1.0, 1), "cross-device (gpu; no score on cpu)")
     assert head_score(scores, "h") == 1.0
 
 

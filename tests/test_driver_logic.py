@@ -23,11 +23,10 @@ SLOTS = [{"slot": "a0", "device": "cpu", "device_name": "cpu-a", "speed": 1.0, "
 def driver(tmp_path):
     cfg = Config(archive=str(tmp_path / "archive"))
     cfg.population.size = 2
-    cfg.selection.noise_seeds = 2
+    cfg.selection.noise_seeds = 3         # σ at 2 dof (at 1 dof, a Student t believes almost no gap)
     cfg.selection.max_runs = 2
-    cfg.selection.head_runs = 2           # the seed's 2 runs suffice: no reference runs on cpu-a
-    cfg.selection.confirm_runs = 1
-    cfg.selection.confirm_head_runs = 2   # nor before a confirmation
+    cfg.selection.head_runs = 3           # the seed's 3 runs suffice: no reference runs on cpu-a
+    cfg.selection.rerun_head_runs = 3     # nor before a re-run is decided
     cfg.selection.cull_every = 0
     cfg.stop.max_trials = 16              # Config() sets no limit; budget_left counts down from this
     d = Driver(cfg, out=io.StringIO())
@@ -64,14 +63,14 @@ def rows(d: Driver) -> pd.DataFrame:
 
 def seed(d: Driver):
     d.seed_baseline()
-    feed(d, 2.00)
-    feed(d, 2.02)
+    for value in (2.00, 2.02, 2.01):
+        feed(d, value)
     return d.scores.noise("cpu-a", None)
 
 
 def test_seed_runs_set_the_noise_and_the_heads(driver):
     noise = seed(driver)
-    assert noise.sigma == pytest.approx(pd.Series([2.00, 2.02]).std()) and noise.dof == 1
+    assert noise.sigma == pytest.approx(pd.Series([2.00, 2.02, 2.01]).std()) and noise.dof == 2
     assert all(driver.states[m].head_score == pytest.approx(2.01) for m in ("m0", "m1"))
     assert set(rows(driver).verdict) == {"baseline"}
 
@@ -79,15 +78,15 @@ def test_seed_runs_set_the_noise_and_the_heads(driver):
 def test_clear_gain_is_promoted_and_moves_the_branch(driver):
     seed(driver)
     job = candidate(driver, MATRIX_LR=0.03)
-    feed(driver, 1.90)                        # clears the bar: one fresh run confirms it
-    assert driver.ready[0] is job and job.cleared_at == 1
-    feed(driver, 1.92)
+    feed(driver, 1.85)                        # P(win) clears the bar on one run
     row = rows(driver).loc[job.trial_id]
     assert row.verdict == "promote" and row.promoted and row.selection_runs == 1
     assert driver.archive.heads()["m0"] == row.commit
-    assert "same device (cpu-a)" in row.decided_by and row.sigma_dof >= 1 and row.evidence <= row.bar
-    assert row.head_score == pytest.approx(1.92)                 # the selecting run does not score the head
-    assert driver.states["m0"].head_score == pytest.approx(1.92)
+    assert "same device (cpu-a)" in row.decided_by and row.sigma_dof >= 1 and row.evidence >= row.bar
+    assert row.effect < 0 and row.effect_se == pytest.approx((1 + 1 / 3) ** 0.5)
+    assert 1.85 < row.head_score < 2.01 and row.head_weight > 0        # the lucky run is shrunk toward the head
+    assert driver.states["m0"].head_score == pytest.approx(row.head_score)
+    assert driver.scores.runs(job.hash, "cpu-a") == []                  # the selecting run does not score it
 
 
 def test_small_gain_is_rerun_with_the_trials_next_seed_then_judged_on_the_mean(driver):
@@ -126,9 +125,8 @@ def test_other_device_kind_gets_a_reference_run_of_the_head_first(driver):
     assert ref.proposer == REFERENCE and ref.device_kind == "cpu-b"
     assert driver.next_dispatch(per_actor=1)[1] == 1          # only an actor of kind cpu-b may take it
     driver.ready.appendleft(ref)
-    feed(driver, 2.40, device="cpu-b", slot=1)
-    feed(driver, 2.41, device="cpu-b", slot=1)          # the head's second run there (head_runs 2)
-    feed(driver, 2.21, device="cpu-b", slot=1)          # the candidate's confirmation run
+    for value in (2.40, 2.41, 2.42):                    # the head's runs there (head_runs 3): then decided
+        feed(driver, value, device="cpu-b", slot=1)
     table = rows(driver)
     assert table.loc[ref.trial_id].verdict == "reference"
     row = table.loc[job.trial_id]
@@ -152,9 +150,8 @@ def test_repeat_is_reused_from_another_device_kind(driver):
     seed(driver)
     first = candidate(driver, MATRIX_LR=0.03)
     feed(driver, 2.20, device="cpu-b", slot=1)
-    feed(driver, 2.40, device="cpu-b", slot=1)          # the head's reference runs on cpu-b decide it
-    feed(driver, 2.41, device="cpu-b", slot=1)
-    feed(driver, 2.21, device="cpu-b", slot=1)
+    for value in (2.40, 2.41, 2.42):                    # the head's reference runs on cpu-b decide it
+        feed(driver, value, device="cpu-b", slot=1)
     again = candidate(driver, MATRIX_LR=0.03)
     driver.dispatch()
     row = rows(driver).loc[again.trial_id]
@@ -187,36 +184,37 @@ def test_time_budget_is_scaled_by_the_device_factor():
 
 def test_candidate_finishing_before_the_seed_runs_waits_for_their_score(driver):
     driver.seed_baseline()
-    first, second = driver.ready.popleft(), driver.ready.popleft()
+    seeds = [driver.ready.popleft() for _ in range(3)]
     job = candidate(driver, MATRIX_LR=0.03)
     driver.ready.remove(job)
-    driver.in_flight = {"r1": (first, 0), "r2": (second, 0)}      # seed runs still running
-    driver.on_result(job, result(1.90), SLOTS[0])
+    driver.in_flight = {f"r{i}": (seed_job, 0) for i, seed_job in enumerate(seeds)}   # seed runs still running
+    driver.on_result(job, result(1.85), SLOTS[0])
     assert job.trial_id not in {r["trial_id"] for r in driver.archive.trial_records()}   # not judged yet
     waiting = driver.cfg.stop.max_trials - len(driver.in_flight) - len(driver.ready) - driver.finished - 1
     assert driver.before_baseline and driver.budget_left() == waiting       # the waiting job counts
-    for ref, seed_job, value in (("r1", first, 2.00), ("r2", second, 2.02)):
-        del driver.in_flight[ref]
+    for i, (seed_job, value) in enumerate(zip(seeds, (2.00, 2.02, 2.01))):
+        del driver.in_flight[f"r{i}"]
         driver.on_result(seed_job, result(value), SLOTS[0])
-    feed(driver, 1.91)                                            # its confirmation run
-    row = rows(driver).loc[job.trial_id]
+    row = rows(driver).loc[job.trial_id]                          # decided once the seed's runs are in
     assert row.verdict == "promote" and row.slot == "a0"
 
 
 def test_cull_retires_a_stale_member_forks_a_top_one_and_stops_its_queued_work(driver):
     driver.cfg.selection.cull_every, driver.cfg.selection.patience = 4, 1
-    driver.cfg.selection.head_runs = 1                   # a promoted head is judged on its confirmation run
+    driver.cfg.selection.head_runs = 1                   # a promoted head is judged on its posterior's weight
     seed(driver)
     candidate(driver, "m0", MATRIX_LR=0.03)
     feed(driver, 1.80)                                                           # m0 improves
-    feed(driver, 1.81)                                                           # and is confirmed
     for lr in (0.01, 0.015):
         candidate(driver, "m1", MATRIX_LR=lr)
         feed(driver, 2.40)                                                       # m1 stalls twice
     queued = candidate(driver, "m1", EMBED_LR=0.1)        # still in the queue when the cull comes
     last = candidate(driver, "m0", EMBED_LR=0.3)
     driver.ready.remove(last)
-    driver.on_result(last, result(2.5), SLOTS[0])         # the 4th candidate to finish: a cull
+    driver.on_result(last, result(2.5), SLOTS[0])         # parks: m0's new head weighs less than one run
+    ref = driver.ready.popleft()
+    assert ref.proposer == REFERENCE
+    driver.on_result(ref, result(1.85), SLOTS[0])          # decided: the 4th candidate to finish, a cull
     assert "m1" in driver.archive.retired() and "m1" not in driver.archive.heads()
     (fork,) = [e for e in driver.archive.lineage() if e.forked_from]
     assert fork.forked_from == "m0" and driver.archive.heads()[fork.member] == driver.archive.heads()["m0"]
@@ -245,29 +243,29 @@ def test_trial_spec_scopes_the_compile_cache_to_the_member(driver):
     assert budget.trial_spec(driver.cfg, job, SLOTS[0], "/data", 1, 60.0).compile_scope == ""
 
 
-def test_head_gets_more_runs_before_a_confirmation_is_decided(driver):
-    driver.cfg.selection.confirm_head_runs = 4
+def test_head_gets_more_runs_before_a_rerun_is_decided(driver):
+    driver.cfg.selection.rerun_head_runs = 4
     seed(driver)
     job = candidate(driver, MATRIX_LR=0.03)
-    feed(driver, 1.90)                                  # clears the SPRT: one confirmation run follows
-    feed(driver, 1.92)                                  # the head has 2 runs here, 4 wanted before deciding
+    feed(driver, 1.98)                                  # between the bars: a second run
+    assert driver.ready[0] is job
+    feed(driver, 1.97)                                  # the head has 3 runs here, 4 wanted before deciding
     ref = driver.ready[0]
-    assert ref.proposer == REFERENCE and ref.want_runs == 2 and job.trial_id not in rows(driver).index
+    assert ref.proposer == REFERENCE and ref.want_runs == 1 and job.trial_id not in rows(driver).index
     feed(driver, 2.01)
-    feed(driver, 2.00)
     row = rows(driver).loc[job.trial_id]
-    assert row.verdict == "promote" and row.head_runs == 4 and row.head_score == pytest.approx(1.92)
+    assert row.runs == 2 and row.head_runs == 4 and row.verdict in ("promote", "discard")
     assert rows(driver).loc[ref.trial_id].verdict == "reference"
 
 
 def test_a_head_rerun_on_the_same_device_trains_and_is_not_reused(driver):
-    driver.cfg.selection.head_runs = 3
+    driver.cfg.selection.head_runs = 4
     seed(driver)
     job = candidate(driver, MATRIX_LR=0.03)
-    feed(driver, 1.95)                                  # the head has 2 runs on cpu-a, 3 wanted
+    feed(driver, 1.85)                                  # the head has 3 runs on cpu-a, 4 wanted
     ref = driver.ready[0]
     assert ref.proposer == REFERENCE and ref.device_kind == "cpu-a"
     assert not driver.try_reuse(ref, SLOTS[0])          # byte-identical to the seed, yet it must train
     feed(driver, 2.03)
     assert rows(driver).loc[ref.trial_id].verdict == "reference"
-    assert driver.ready[0] is job and job.cleared_at == 1         # judged against the head's 3 runs: cleared
+    assert rows(driver).loc[job.trial_id].head_runs == 4          # judged against the head's 4 runs

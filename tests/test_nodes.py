@@ -132,7 +132,7 @@ def write_config(folder: Path, archive: Path, cache: Path, max_trials: int) -> P
            "budget": {"seconds": 2.0, "startup_floor": 60.0, "overrun_tolerance": 0.5},
            "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
            "judge": {"seq_len": 64, "eval_tokens": 4096},
-           "selection": {"noise_seeds": 1, "head_runs": 3, "confirm_head_runs": 4, "patience": 2},
+           "selection": {"noise_seeds": 1, "head_runs": 3, "rerun_head_runs": 4, "patience": 2},
            "stop": {"max_trials": max_trials},
            "resources": {"device": "cpu", "cpu_slots": 2}}
     folder.mkdir(parents=True, exist_ok=True)

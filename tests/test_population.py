@@ -32,7 +32,7 @@ def small_config(tmp_path: Path, cache: Path, **stop) -> Path:
         "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
         "judge": {"seq_len": 64, "eval_tokens": 4096, "eval_batch": 8},
         "selection": {"noise_seeds": 2, "max_runs": 2, "cull_every": 3, "patience": 1, "head_runs": 3,
-                      "confirm_head_runs": 4},
+                      "rerun_head_runs": 4},
         "stop": {"max_trials": 6, **stop},
         "resources": {"device": "cpu", "cpu_slots": 2, "overlap": "on"},
     }

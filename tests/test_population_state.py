@@ -52,11 +52,10 @@ def config(tmp_path, seed=0) -> Config:
     cfg = Config(archive=str(tmp_path / "archive"), seed=seed)
     cfg.population.seed_train_py = str(tmp_path / "seed_train.py")
     cfg.population.size = 3
-    cfg.selection.noise_seeds = 2
+    cfg.selection.noise_seeds = 3
     cfg.selection.max_runs = 3
     cfg.selection.head_runs = 2
-    cfg.selection.confirm_runs = 1
-    cfg.selection.confirm_head_runs = 3        # confirmations ask for reference runs of the head
+    cfg.selection.rerun_head_runs = 3        # second runs ask for reference runs of the head
     cfg.selection.cull_every, cfg.selection.patience = 2, 1
     cfg.proposers.weights = {"mutate": 1.0}
     cfg.proposers.queue_depth = 3
@@ -194,11 +193,11 @@ def test_live_state_equals_the_state_replayed_from_the_archive_after_every_event
 
 
 def test_the_issues_sequence_counts_the_same_live_and_rebuilt(tmp_path):
-    """2 seed runs, a rejected agent proposal, a rejected inbox commit and one candidate (issue 10's case)."""
+    """3 seed runs, a rejected agent proposal, a rejected inbox commit and one candidate (issue 10's case)."""
     d = start(config(tmp_path))
     try:
         d.seed_baseline()
-        for value in (2.00, 2.02):
+        for value in (2.00, 2.02, 2.01):
             d.on_result(d.ready.popleft(), result(value), SLOTS[0])
         reject(d, random.Random(0))
         inbox_reject(d, random.Random(0))
@@ -208,7 +207,7 @@ def test_the_issues_sequence_counts_the_same_live_and_rebuilt(tmp_path):
         d.on_result(job, result(2.05), SLOTS[0])
         rebuilt = replay(d.archive, d.cfg.seed)
         assert d.state == rebuilt
-        assert rebuilt.finished == 5 and rebuilt.candidates_finished == 3
+        assert rebuilt.finished == 6 and rebuilt.candidates_finished == 3
         assert sum(st.trials for st in rebuilt.members.values()) == 3
     finally:
         d.close()
@@ -253,28 +252,28 @@ def test_a_killed_and_resumed_run_proposes_what_an_uninterrupted_one_would(tmp_p
 
 def test_a_candidates_runs_survive_a_resume_and_it_goes_on_at_its_next_seed(tmp_path):
     cfg = config(tmp_path)
-    cfg.selection.max_runs = 2
+    cfg.selection.max_runs, cfg.selection.rerun_head_runs = 2, 2
     d = start(cfg)
     d.seed_baseline()
-    for value in (2.00, 2.02):
+    for value in (2.00, 2.02, 2.01):
         d.on_result(d.ready.popleft(), result(value), SLOTS[0])
     head = d.archive.heads()["m0"]
     src = d.archive.source(head)
     new = apply_overrides(src, {"MATRIX_LR": type(read_constants(src)["MATRIX_LR"])(0.03)})
     job = d.enqueue(Proposal(member="m0", parent_commit=head, source=new, proposer="mutate", message="lr"))
     d.ready.remove(job)
-    d.on_result(job, {**result(1.99), "loss_curve": [(i / 4096, 3.0) for i in range(4096)]}, SLOTS[0])
+    d.on_result(job, {**result(1.98), "loss_curve": [(i / 4096, 3.0) for i in range(4096)]}, SLOTS[0])
     assert d.ready[0] is job and len(job.runs) == 1                  # short of the bar: run again
     assert (d.archive_dir / "journal.jsonl").stat().st_size < 20_000     # curves stay out of the journal
     d = kill(d)
     try:
         (again,) = [j for j in d.ready if j.trial_id == job.trial_id]
-        assert [r["val_bpb"] for r in again.runs] == [1.99] and again.device_kind == "cpu-a"
+        assert [r["val_bpb"] for r in again.runs] == [1.98] and again.device_kind == "cpu-a"
         assert again.next_seed() == run_seed(job.trial_id, 1)
         d.ready.remove(again)
         d.on_result(again, result(2.01), SLOTS[0])
         row = next(r for r in d.archive.trial_records() if r["trial_id"] == job.trial_id)
-        assert row["runs"] == 2 and row["run_scores"] == "[1.99, 2.01]"
+        assert row["runs"] == 2 and row["run_scores"] == "[1.98, 2.01]"
         assert_replays(d, "the resumed candidate's verdict")
     finally:
         d.close()
@@ -295,17 +294,15 @@ def candidate(d: Driver, member: str, **changes) -> Job:
 def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tmp_path):
     cfg = config(tmp_path)
     cfg.population.size = 2
-    cfg.selection.cull_every, cfg.selection.head_runs, cfg.selection.confirm_head_runs = 4, 1, 1
+    cfg.selection.cull_every, cfg.selection.head_runs, cfg.selection.rerun_head_runs = 4, 1, 1
     d = start(cfg)
     try:
         d.seed_baseline()
-        for value in (2.00, 2.02):
+        for value in (2.00, 2.02, 2.01):
             d.on_result(d.ready.popleft(), result(value), SLOTS[0])
 
         win = candidate(d, "m0", MATRIX_LR=0.03)
-        d.on_result(win, result(1.80), SLOTS[0])
-        d.ready.remove(win)
-        d.on_result(win, result(1.81), SLOTS[0])                    # m0 promoted
+        d.on_result(win, result(1.80), SLOTS[0])                    # m0 promoted
         for lr in (0.01, 0.015):
             d.on_result(candidate(d, "m1", MATRIX_LR=lr), result(2.40), SLOTS[0])    # m1 stalls twice
         running = candidate(d, "m1", EMBED_LR=0.1)
@@ -315,7 +312,10 @@ def test_a_cull_with_work_in_flight_retires_the_member_and_records_its_trials(tm
         (ref,) = [j for j in d.ready if j.proposer == REFERENCE]
         queued = candidate(d, "m1", EMBED_LR=0.25)
         d.ready.append(queued)                                      # not run yet
-        d.on_result(candidate(d, "m0", EMBED_LR=0.3), result(2.5), SLOTS[0])         # 4th candidate: the cull
+        d.on_result(candidate(d, "m0", EMBED_LR=0.3), result(2.5), SLOTS[0])         # parks for m0's head
+        (head_ref,) = [j for j in d.ready if j.proposer == REFERENCE and j.member == "m0"]
+        d.ready.remove(head_ref)
+        d.on_result(head_ref, result(1.85), SLOTS[0])               # decided: the 4th candidate, the cull
         assert "m1" in d.archive.retired() and not d.state.members["m1"].alive
         rows = {r["trial_id"]: r for r in d.archive.trial_records()}
         assert rows[queued.trial_id]["status"] == "stopped" and queued not in d.ready
@@ -338,18 +338,16 @@ def test_a_cull_while_parked_candidates_are_decided_retires_the_member_of_the_ne
     discards that one and the decisions go on (bench/scale.py at 100k trials met this as a KeyError)."""
     cfg = config(tmp_path)
     cfg.population.size = 2
-    cfg.selection.cull_every, cfg.selection.head_runs, cfg.selection.confirm_head_runs = 3, 1, 1
+    cfg.selection.cull_every, cfg.selection.head_runs, cfg.selection.rerun_head_runs = 3, 1, 1
     cfg.selection.max_runs = 1                 # one run decides (σ is unknown on cpu-b: it would run again)
     d = start(cfg)
     try:
         d.seed_baseline()
-        for value in (2.00, 2.02):
+        for value in (2.00, 2.02, 2.01):
             d.on_result(d.ready.popleft(), result(value), SLOTS[0])
 
         win = candidate(d, "m0", MATRIX_LR=0.03)
-        d.on_result(win, result(1.80), SLOTS[0])
-        d.ready.remove(win)
-        d.on_result(win, result(1.81), SLOTS[0])                    # m0 promoted: two heads now
+        d.on_result(win, result(1.80), SLOTS[0])                    # m0 promoted: two heads now
         d.on_result(candidate(d, "m1", MATRIX_LR=0.01), result(2.40), SLOTS[0])     # m1 stalls
         first = candidate(d, "m0", EMBED_LR=0.3)
         d.on_result(first, result(2.5, "cpu-b"), SLOTS[1])          # parked under (m0's head, cpu-b)
@@ -371,7 +369,7 @@ def test_a_cull_while_parked_candidates_are_decided_retires_the_member_of_the_ne
 def test_reference_runs_a_resume_finds_queued_are_not_asked_for_twice(tmp_path):
     d = start(config(tmp_path))
     d.seed_baseline()
-    for value in (2.00, 2.02):
+    for value in (2.00, 2.02, 2.01):
         d.on_result(d.ready.popleft(), result(value), SLOTS[0])
     d.fill_queue()
     job = d.ready.popleft()

@@ -115,6 +115,24 @@ def test_mutate_value_rules():
     assert mutate.is_protected("SEED_OFFSET") and mutate.is_protected("DATA_SEED") and mutate.is_protected("COMPILE")
 
 
+def test_mutate_keeps_upstream_widths_divisible_by_their_head_count():
+    upstream = (TESTS / "candidates_adopt" / "upstream_train.py").read_text()
+    old = read_constants(upstream)
+    assert (old["N_EMBD"], old["N_HEAD"]) == (32, 2)
+    assert "N_EMBD 32 must split into N_HEAD 3" in mutate.check_constraints(old, {**old, "N_HEAD": 3})
+    assert mutate.check_constraints(old, {**old, "N_HEAD": 1}) == ""
+    rng = random.Random(3)
+    heads = set()
+    for _ in range(150):
+        new = read_constants(mutate.propose(upstream, rng)[0])
+        assert new["N_EMBD"] % new["N_HEAD"] == 0 and (new["N_EMBD"] // new["N_HEAD"]) % 2 == 0, new
+        heads.add(new["N_HEAD"])
+    assert heads - {2}                                      # the head count did move
+    source = upstream.replace("DEPTH = 1\n", "DEPTH = 1\nH100_BF16_PEAK_FLOPS = 989.5e12\n")
+    assert "H100_BF16_PEAK_FLOPS" in read_constants(source)                  # only prints MFU: never mutated
+    assert "H100_BF16_PEAK_FLOPS" not in mutate.mutable_constants(source)
+
+
 def test_mutate_without_mutable_constants_names_the_problem():
     source = "# --- hyperparameters ---\nSEED_OFFSET = 0\nCOMPILE = True\n# --- end hyperparameters ---\n"
     with pytest.raises(ValueError, match="no mutable constants"):

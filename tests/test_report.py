@@ -7,19 +7,18 @@ import json
 import statistics
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 
 import pandas as pd
 import pytest
 
-from judge.noise import Noise, inflated
-from judge.verdict import sprt_margin
+from judge.noise import Noise
+from judge.verdict import promote_margin
 from orchestrator import config_change, ledger
 from orchestrator.archive import Archive
 from orchestrator.config import Config, SelectionConfig
 from orchestrator.population import rule_of
-from orchestrator.report import (best_head, leaderboard, noise_band, noise_margin, progress_figure, snapshot,
-                                write_report)
+from orchestrator.report import (best_head, effect_prior_line, leaderboard, noise_band, noise_margin, progress_figure,
+                                snapshot, write_report)
 from orchestrator.status import status_text
 
 SEED = "LR = 0.01\n"
@@ -65,7 +64,8 @@ SEED_SIGMA = statistics.stdev([2.0, 2.2, 2.1, 2.3])      # the only train.py run
 
 def margin_of(sigma: float, dof: int, head_runs: int, selection=None) -> float:
     """The selection margin by the verdict's own formula: one run against `head_runs` runs of the head."""
-    return sprt_margin(1, head_runs, inflated(Noise(sigma, dof, 1)), rule_of(selection or SelectionConfig()))
+    rule = rule_of(selection or SelectionConfig())
+    return promote_margin(1, head_runs, Noise(sigma, dof, 1), rule, rule.default)
 
 
 SEEDED_MARGIN = margin_of(SEED_SIGMA, 3, 1)                # the best head (m3) has one run
@@ -98,6 +98,7 @@ def test_heads_at_the_seed_score_the_seed_runs(seeded):
     assert lines["m0"][2] == "2.1500" and lines["m2"][2:4] == ["2.1500", "1.8500"]
     assert f"seed: 2.1500 ± 0.1291 (mean ± std of 4 runs); margin {SEEDED_MARGIN:.4f}" in status_text(seeded)
     assert "noise: device at 0 s: ±0.1291 (dof 3, 1 source(s))" in status_text(seeded)
+    assert "edit effects: prior 50% null, slab +0.30σ ± 1.00σ (the default)" in status_text(seeded)  # no gaps yet
 
 
 def test_summary_has_baseline_margin_gain_and_counts(seeded):
@@ -107,6 +108,7 @@ def test_summary_has_baseline_margin_gain_and_counts(seeded):
             "test)") in summary
     assert "**m3** at val_bpb 1.7000" in summary and "gain +0.4500 (+20.93%) over the seed" in summary
     assert "(ok 7, crash 1, invalid 1)" in summary
+    assert "- edit effects: prior 50% null, slab +0.30σ ± 1.00σ (the default)" in summary
     assert "- by proposer: mutate 4, baseline 3, agent 1, inbox 1" in summary
     assert "| m0 | " in summary and "| 2.1500 |" in summary
 
@@ -158,14 +160,25 @@ def test_the_margin_of_a_fresh_seed_is_the_selection_tests_under_the_archives_ru
     assert f"- noise margin: {expected:.4f} (one run below m0's head" in summary
     assert "**m0** at val_bpb 2.2000" in summary and "gain +0.0000" in summary
     strict = Config()
-    strict.selection.alpha = 0.05                                       # the archive's own rule is read
+    strict.selection.promote_at = 0.9                                       # the archive's own rule is read
     (archive.path / "config.yaml").write_text(json.dumps(strict.to_dict()))
     margin = noise_margin(snapshot(archive.path))[0]
     assert margin == pytest.approx(margin_of(statistics.stdev([2.0, 2.4]), 1, 2, strict.selection))
     assert margin > expected
 
 
-def test_a_promoted_head_is_scored_by_its_confirmation_runs_as_the_driver_scores_it(tmp_path):
+def test_a_promoted_head_is_scored_by_its_posterior_as_the_driver_scores_it(tmp_path):
+    with Archive.create(tmp_path / "posterior", SEED, ["m0"]) as archive:
+        seed_runs(archive, [[2.0], [2.1]])
+        run(archive, "m0", "t1", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.85,
+            run_scores=json.dumps([1.80, 1.90]), selection_runs=2, head_score=1.93, head_weight=1.6,
+            effect=-2.1, effect_se=1.2)
+    snap = snapshot(tmp_path / "posterior")
+    assert snap.head_scores["m0"] == pytest.approx(1.93)             # the posterior, not the lucky runs' 1.85
+    assert "fitted to 1 verdicts" in effect_prior_line(snap)
+
+
+def test_an_earlier_rules_promotion_is_scored_by_its_confirmation_runs_as_it_was(tmp_path):
     with Archive.create(tmp_path / "confirmed", SEED, ["m0"]) as archive:
         seed_runs(archive, [[2.0], [2.1]])
         run(archive, "m0", "t1", "LR = 0.02\n", "mutate", True, verdict="promote", val_bpb=1.88,

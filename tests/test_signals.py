@@ -23,7 +23,7 @@ def small_config(tmp_path: Path, cache: Path) -> Path:
            "budget": {"seconds": 2.0, "startup_floor": 60.0},
            "data": {"corpus": "builtin", "vocab_size": 512, "cache_dir": str(cache)},
            "judge": {"seq_len": 64, "eval_tokens": 4096},
-           "selection": {"noise_seeds": 1, "head_runs": 3, "confirm_head_runs": 4, "patience": 2},
+           "selection": {"noise_seeds": 1, "head_runs": 3, "rerun_head_runs": 4, "patience": 2},
            "stop": {"max_trials": 3},
            "resources": {"device": "cpu", "cpu_slots": 1}}
     path = tmp_path / "cfg.yaml"

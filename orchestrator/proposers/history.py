@@ -12,6 +12,9 @@ DIFF_LINES = 60                  # of one diff; longer diffs end with a note of 
 LOG_TAIL_LINES = 15              # of a crash's or timeout's log tail
 TRIALS_SHOWN = 12                # newest trials with their diff
 OTHERS_SHOWN = 3                 # best other members' heads
+IMPORTED_SHOWN = 40              # newest entries of an adopted project's own history (orchestrator/adopt.py)
+IMPORTED_NOTE = ("Its commits and results.tsv rows from before popsearch; their val_bpb is its own evaluation (other "
+                 "data, another judge): imported, never compared with popsearch's scores.")
 CELL_CHARS = 300                 # of a reason, message or verdict line
 TAIL_STATUSES = ("crash", "timeout")
 
@@ -28,6 +31,7 @@ class HistoryInputs:
     trials: list = field(default_factory=list)          # ledger rows of the member, oldest first, each with 'diff'
     in_flight: list = field(default_factory=list)       # {trial_id, proposer, message, diff} on this member
     others: list = field(default_factory=list)          # {member, head_score, diff} best first
+    imported: list = field(default_factory=list)        # an adopted project's history, adopt.history_lines
 
 
 def unified_diff(old: str, new: str, name: str = "train.py", lines: int = DIFF_LINES) -> str:
@@ -123,7 +127,8 @@ def _fit(title: str, note: str, blocks: list[str], room: int) -> tuple[list[str]
 
 def format_history(h: HistoryInputs, max_chars: int = MAX_CHARS) -> str:
     """history.md: head and noise, the rule and its threshold, candidates in flight, the member's newest trials
-    with their diffs, and the best other heads; at most max_chars characters, newest first where cut."""
+    with their diffs, an adopted project's own history, and the best other heads; at most max_chars characters,
+    newest first where cut."""
     lines = _head_section(h) + _rule_section(h)
     room = max_chars - sum(len(x) + 1 for x in lines)
     flight = [_in_flight_block(j) for j in h.in_flight]
@@ -135,6 +140,11 @@ def format_history(h: HistoryInputs, max_chars: int = MAX_CHARS) -> str:
             if h.trials else "No trials yet.")
     part, used = _fit("## This member's trials", note, trials, room * 3 // 4)
     lines, room = lines + part, room - used
+    if h.imported:
+        imported = ["- " + _short(line) for line in reversed(h.imported[-IMPORTED_SHOWN:])]
+        note = f"{len(h.imported)} entries, newest first (the last {len(imported)} shown). {IMPORTED_NOTE}"
+        part, used = _fit("## Imported history (the adopted project's)", note, imported, room // 2)
+        lines, room = lines + part, room - used
     others = [_other_block(o) for o in h.others[:OTHERS_SHOWN]]
     part, _ = _fit("## The best other members (their head against yours)",
                    "Ideas that worked elsewhere." if others else "No other member has a judged head.", others, room)

@@ -1,7 +1,7 @@
 """The built-in offline proposer: perturb one or two constants of train.py's hyperparameter block by type.
 
 Floats by factors, small ints by steps, large ints by a quarter, batch/head/length/window sizes by powers of
-two, window patterns from a small set, booleans flipped; never seeds or COMPILE; every draw is checked."""
+two, window patterns from a small set, booleans flipped; never seeds, COMPILE or peak FLOPS; every draw is checked."""
 from __future__ import annotations
 
 import random
@@ -22,7 +22,9 @@ BETA_KEYS = ("BETA", "MOMENTUM")         # other floats in (0, 1): their distanc
 PATTERN_KEY = "PATTERN"
 PATTERNS = ("SSSL", "SL", "L", "SSL", "SLSL")
 PROTECTED = ("COMPILE",)                 # never mutated
-PROTECTED_PARTS = ("SEED",)              # names containing these are never mutated (seeds are not research)
+PROTECTED_PARTS = ("SEED", "PEAK_FLOPS")  # names containing these are never mutated (seeds are not research;
+                                          # a GPU's peak FLOPS only scales the MFU a script prints)
+HEAD_PAIRS = (("MODEL_DIM", "N_HEADS"), ("N_EMBD", "N_HEAD"))   # (width, head count): popsearch's, upstream's
 DEFAULT_BOUNDS = {"SEQ_LEN": (64, 16384)}
 MAX_DRAWS = 64                           # draws tried before giving up on a valid mutation
 
@@ -100,9 +102,9 @@ def _value_problem(name: str, old, value, bounds: dict) -> str:
 
 
 def _heads_rule(c: dict) -> str:
-    if {"MODEL_DIM", "N_HEADS"} <= c.keys():
-        if c["MODEL_DIM"] % c["N_HEADS"] or (c["MODEL_DIM"] // c["N_HEADS"]) % 2:
-            return f"MODEL_DIM {c['MODEL_DIM']} must split into N_HEADS {c['N_HEADS']} heads of even size"
+    for dim, heads in HEAD_PAIRS:
+        if {dim, heads} <= c.keys() and (c[dim] % c[heads] or (c[dim] // c[heads]) % 2):
+            return f"{dim} {c[dim]} must split into {heads} {c[heads]} heads of even size"
     return ""
 
 

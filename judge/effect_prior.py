@@ -1,6 +1,6 @@
 """The prior over edit effects that a population's own verdicts show, and the posterior of one candidate's gap.
 
-Pure numbers (numpy only): effects in σ on a grid; a spike at no effect, a normal slab and a thin wide tail."""
+Pure numbers (numpy only): effects in σ on a grid; a spike at no effect, a normal slab and a Cauchy tail."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ GRID = np.concatenate([np.arange(-REACH, -NEAR), np.arange(-NEAR / STEP, NEAR / 
                        np.arange(NEAR + 1, REACH + 1)])
 WIDTH = np.where(np.abs(GRID) <= NEAR, STEP, 1.0)          # the span of δ each grid point stands for
 ZERO = int(np.argmin(np.abs(GRID)))
-TAIL = 0.05                              # share of the wide, flat component: a huge win or loss is believed
+TAIL, TAIL_SCALE = 0.05, 3.0             # share and scale (σ) of a Cauchy component: big effects are believed
 FIT_ROUNDS = 100                          # EM rounds of a fit, always from the default: a fit is a pure function
 BIN = 0.1                                # gaps and their standard errors are counted in bins this wide (in σ)
 
@@ -23,7 +23,7 @@ BIN = 0.1                                # gaps and their standard errors are co
 @dataclass(frozen=True)
 class Prior:
     """Edit effects δ/σ: `null` of them exactly 0, the rest (less TAIL) normal with `mean` and `sd`
-    (positive: worse), TAIL flat over the grid; `seen`: candidates it was fitted to (0: the default)."""
+    (positive: worse), TAIL Cauchy around 0 with TAIL_SCALE (fixed); `seen`: verdicts it was fitted to (0: the default)."""
     null: float
     mean: float
     sd: float
@@ -50,7 +50,8 @@ def _parts(null: float, mean: float, sd: float) -> tuple:
     slab = np.exp(-0.5 * ((GRID - mean) / sd) ** 2) * WIDTH
     slab[ZERO] = 0.0
     slab *= (1.0 - null - TAIL) / slab.sum()
-    tail = WIDTH * (TAIL / WIDTH.sum())
+    tail = WIDTH / (1.0 + (GRID / TAIL_SCALE) ** 2)
+    tail *= TAIL / tail.sum()
     return spike, slab, tail
 
 

@@ -74,9 +74,12 @@ def gap_se(n_cand: int, head_weight: float) -> float:
 
 
 def promote_margin(n_cand: int, head_weight: float, noise: Noise, rule: Rule, prior: Prior) -> float:
-    """How far below the head (in val_bpb) the candidate's mean must be for P(win) to reach rule.promote_at."""
+    """How far below the head (in val_bpb) the candidate's mean must be for P(win) to reach rule.promote_at;
+    inf when no gap on the grid reaches it (σ on too few dof for that many runs to promote)."""
     se, low, high = gap_se(n_cand, head_weight), -REACH, REACH      # P(win) falls as the gap grows
-    for _ in range(50):
+    if posterior(prior, low, se, noise.dof).p_win < rule.promote_at:
+        return math.inf
+    for _ in range(28):                                             # to within 128σ / 2**28
         mid = (low + high) / 2
         if posterior(prior, mid, se, noise.dof).p_win >= rule.promote_at:
             low = mid

@@ -121,7 +121,7 @@ class ProposerConfig:
 @dataclass
 class SelectionConfig:
     noise_seeds: int = 3                 # runs of the seed at creation: its score and the first σ
-    promote_at: float = 0.5              # promote when P(the edit is a win) reaches this
+    promote_at: float = 0.55             # promote when P(the edit is a win) reaches this
     discard_at: float = 0.15             # discard when it falls to this; between the two, run it again
     max_runs: int = 3                    # runs of a candidate at most
     head_runs: int = 3                   # the head's weight (runs) on a device kind before a candidate's first verdict

@@ -414,8 +414,8 @@ class Driver:
             imported=history_lines(self.archive.imported()))
 
     def margins_now(self, head_hash: str) -> dict:
-        """{device kind: how far below the head one run must land for the selection test to clear it}, from
-        the pooled σ (widened for its dof) and the head's runs there; kinds without a σ yet are left out."""
+        """{device kind: how far below the head one run must land to be promoted}, from the pooled σ (at its
+        dof), the head's weight there and the fitted prior; kinds without a σ yet are left out."""
         return margins(self.scores, head_hash, rule_of(self.cfg.selection))
 
     def harvest_agents(self, ray) -> None:

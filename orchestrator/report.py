@@ -111,7 +111,7 @@ def _seed_runs(trials: pd.DataFrame) -> pd.Series:
 
 
 def noise_margin(snap: Snapshot) -> tuple[float | None, str]:
-    """(margin, what it is): how far below the best head one run must land to clear the selection test (see
+    """(margin, what it is): how far below the best head one run must land to be promoted (see
     status.margin_of); None before any σ is known."""
     best = best_head(snap)
     if best is None or snap.scores is None:

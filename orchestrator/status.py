@@ -6,6 +6,7 @@ snapshot, and neither pandas nor matplotlib is loaded. The text helpers (seed, m
 report's too."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -44,7 +45,7 @@ def best_member(head_scores: dict, head_segments: dict, segment: int) -> str | N
 
 
 def margin_of(scores: Scores, member: str | None, head_hash: str, rule) -> tuple[float | None, str]:
-    """(margin, what it is): how far below `member`'s head one run must land to clear the selection test, by
+    """(margin, what it is): how far below `member`'s head one run must land to be promoted, by
     population.margins (the driver's own rule); None before a head is judged or σ is known."""
     if member is None:
         return None, "none yet (no judged head)"
@@ -52,10 +53,12 @@ def margin_of(scores: Scores, member: str | None, head_hash: str, rule) -> tuple
     if not by_kind:
         return None, "none yet (σ unknown: no train.py run twice)"
     kind = sorted(by_kind)[0]
-    return by_kind[kind], f"one run below {member}'s head on {kind or 'its device'} clears the selection test"
+    return by_kind[kind], f"one run below {member}'s head on {kind or 'its device'} is promoted"
 
 
 def margin_text(margin: float | None, source: str) -> str:
+    if margin == math.inf:
+        return f"none: one run cannot promote yet, σ rests on too few dof ({source})"
     return source if margin is None else f"{margin:.4f} ({source})"
 
 

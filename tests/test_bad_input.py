@@ -165,6 +165,6 @@ def test_the_builtin_demo_on_an_archive_made_by_another_config_is_refused(tmp_pa
     saved_archive(tmp_path / "runs" / "demo", other)
     before = archive_state(tmp_path / "runs" / "demo")
     line = one_line(run_cli(["run"], cwd=tmp_path))
-    assert "<built-in demo> differs from" in line and "selection.promote_at: 0.1 -> 0.5." in line
+    assert "<built-in demo> differs from" in line and "selection.promote_at: 0.1 -> 0.55." in line
     assert "score segment" not in line                              # the rule changes, not what a score means
     assert archive_state(tmp_path / "runs" / "demo") == before

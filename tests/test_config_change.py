@@ -79,7 +79,7 @@ def test_a_config_saved_by_a_driver_reads_back_without_differences(tmp_path, nam
 def small(tmp_path, **selection) -> Config:
     cfg = Config(archive=str(tmp_path / "archive"))
     cfg.population.size, cfg.stop.max_trials = 1, 50
-    cfg.selection.noise_seeds, cfg.selection.max_runs = 2, 2
+    cfg.selection.noise_seeds, cfg.selection.max_runs = 2, 1          # σ at 1 dof: one run decides
     cfg.selection.head_runs, cfg.selection.rerun_head_runs, cfg.selection.cull_every = 2, 2, 1000
     return cfg
 

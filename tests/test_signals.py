@@ -105,7 +105,9 @@ def test_a_lost_local_ray_stops_the_run_with_nothing_recorded(tmp_path, cache_ro
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("popsearch: the Ray cluster is gone"), err
     assert f"`popsearch resume {archive}` continues once Ray is back" in lines[0]
-    # a trial whose result reached the driver before the loss was noticed is recorded as it ran; nothing is
-    # recorded for the loss itself (no infra or crash row), and the rest stay pending for resume
+    # a trial whose result reached the driver before the loss was noticed is recorded as it ran (ok, or a
+    # timeout on a loaded machine); nothing is recorded for the loss itself (no infra or crash row), and the
+    # rest stay pending for resume
     assert pending_ids(archive)
-    assert all(r["status"] == "ok" and r["val_bpb"] is not None for r in records(archive)), records(archive)
+    lost = [r for r in records(archive) if r["status"] in ("infra", "crash")]
+    assert not lost, lost

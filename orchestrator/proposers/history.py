@@ -4,6 +4,7 @@ format_history is pure (plain dicts and numbers in, bounded markdown out); the d
 from __future__ import annotations
 
 import difflib
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -76,8 +77,9 @@ def _head_section(h: HistoryInputs) -> list[str]:
 def _rule_section(h: HistoryInputs) -> list[str]:
     lines = ["## The rule", "", h.rule or "Promote when clearly better than the head; see program.md.", ""]
     if h.margins:
-        lines += [f"- margin on {d}: {m:.6f}" + (f" (promote below {h.head_score - m:.6f})"
-                                                 if h.head_score is not None else "")
+        lines += [f"- margin on {d}: none yet (sigma rests on too few runs for one run to promote)"
+                  if m == math.inf else f"- margin on {d}: {m:.6f}" + (f" (promote below {h.head_score - m:.6f})"
+                                                                      if h.head_score is not None else "")
                   for d, m in sorted(h.margins.items())]
     else:
         lines.append("- margin: not measured yet (the seed's noise runs have not finished)")

@@ -180,20 +180,22 @@ def score_row(scores: Scores, src_hash: str, device: str, row: dict, curve=None)
     scores.judged(src_hash, device, row["trial_id"])
     runs = [] if row.get("reused_from") else run_scores(row)
     promoted = row.get("verdict") == "promote"
-    selected = _number(row, "selection_runs") if promoted else None
+    selected = row_value(row, "selection_runs") if promoted else None
+    budget = row_value(row, "budget_seconds")
     for i, v in enumerate(runs):
-        scores.add(src_hash, device, {"status": "ok", "val_bpb": v, "budget_seconds": _number(row, "budget_seconds"),
+        scores.add(src_hash, device, {"status": "ok", "val_bpb": v, "budget_seconds": budget,
                                       "loss_curve": curve if i == 0 else None},
                    row["trial_id"], scores_it=not selected or i >= selected)
-    if promoted and _number(row, "head_weight"):
+    if promoted and row_value(row, "head_weight"):
         scores.shrunk[(src_hash, device)] = [float(row["head_score"]), float(row["head_weight"])]
-    if _number(row, "effect") is not None and _number(row, "effect_se"):
+    if row_value(row, "effect") is not None and row_value(row, "effect_se"):
         scores.add_effect(float(row["effect"]), float(row["effect_se"]))
 
 
-def _number(row: dict, key: str):
+def row_value(row: dict, key: str):
+    """A ledger row's value, None for a missing one or a NaN (pandas' empty cell)."""
     value = row.get(key)
-    return None if value is None or value != value else value       # value != value: NaN from pandas
+    return None if value is None or value != value else value       # value != value: NaN
 
 
 def run_scores(record: dict) -> list[float]:
@@ -328,7 +330,8 @@ def ledger_row(job: Job, result: dict, verdict: dict, slot: dict, reused_from: s
         "sigma": verdict.get("sigma"), "sigma_dof": verdict.get("sigma_dof"), "evidence": verdict.get("evidence"),
         "bar": verdict.get("bar"), "rule": verdict.get("rule"), "selection_runs": verdict.get("selection_runs"),
         "head_score": verdict.get("head_score"), "head_weight": verdict.get("head_weight"),
-        "effect": verdict.get("effect"), "effect_se": verdict.get("effect_se"), "started_at": timeline.get("launch") or now,
+        "effect": verdict.get("effect"), "effect_se": verdict.get("effect_se"),
+        "started_at": timeline.get("launch") or now,
         "finished_at": timeline.get("judge_end") or timeline.get("finish") or now,
         "reason": result.get("reason", ""), "message": job.message, "reused_from": reused_from,
         "attempt": job.attempt, "infra_failures": job.infra_failures,

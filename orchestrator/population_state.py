@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from orchestrator import selection
 from orchestrator.population import (BASELINE, REFERENCE, Job, Scores, head_runs_wanted, head_score, judge_job,
-                                     reference_runs_needed, rule_of, run_scores, score_row, segment_device,
-                                     trial_number)
+                                     reference_runs_needed, row_value, rule_of, run_scores, score_row,
+                                     segment_device, trial_number)
 from orchestrator.selection import MemberState
 
 MUTATE = "mutate"            # the proposer whose draws come from the per-member mutation stream
@@ -125,11 +125,6 @@ def _run_saved(state: PopulationState, e: RunSaved) -> None:
         state.references[key] = max(state.references.get(key, 0), e.work["wanted"])
 
 
-def _value(row: dict, key: str):
-    value = row.get(key)
-    return None if value is None or value != value else value       # value != value: NaN from pandas
-
-
 def _recorded(state: PopulationState, e: Recorded) -> None:
     r, h = e.row, e.source_hash
     tid = r["trial_id"]
@@ -145,7 +140,7 @@ def _recorded(state: PopulationState, e: Recorded) -> None:
     proposer = r.get("proposer")
     if proposer == BASELINE:
         state.baseline.setdefault(score_device(state, r), []).extend(run_scores(r))
-        if r.get("status") == "ok" and _value(r, "startup_seconds") is not None:
+        if r.get("status") == "ok" and row_value(r, "startup_seconds") is not None:
             state.scores.startups.setdefault(r.get("device") or "", []).append(float(r["startup_seconds"]))
     elif proposer != REFERENCE:
         _candidate_recorded(state, r, h)
@@ -159,7 +154,7 @@ def _score_runs(state: PopulationState, r: dict, h: str, curve) -> None:
 
 def score_device(state: PopulationState, r: dict) -> str:
     """The device key a record's runs are scored under: its device kind in the current segment, else kept apart."""
-    return segment_device(r.get("device") or "", _value(r, "segment"), state.segment)
+    return segment_device(r.get("device") or "", row_value(r, "segment"), state.segment)
 
 
 def _candidate_recorded(state: PopulationState, r: dict, h: str) -> None:
@@ -168,7 +163,8 @@ def _candidate_recorded(state: PopulationState, r: dict, h: str) -> None:
     if member not in state.members:
         return
     promoted = r.get("verdict") == "promote"
-    score = _value(r, "head_score") if promoted and _value(r, "head_score") is not None else _value(r, "val_bpb")
+    posterior = row_value(r, "head_score") if promoted else None
+    score = posterior if posterior is not None else row_value(r, "val_bpb")
     selection.apply_result(state.members, member, score, promoted, state.candidates_finished)
     if promoted and member in state.head_hash:
         state.head_hash[member] = h

@@ -10,7 +10,7 @@ import pytest
 
 from judge.effect_prior import GRID, Prior, bin_of, fit, masses, posterior
 from judge.noise import Noise, noise_by_key, pooled
-from judge.verdict import HeadEstimate, decide, is_seed_only_change, promote_margin
+from judge.verdict import HeadEstimate, Rule, decide, is_seed_only_change, promote_margin
 from orchestrator.config import SelectionConfig
 from orchestrator.population import Scores, rule_of, score_row
 
@@ -18,7 +18,7 @@ HEAD = HeadEstimate(1.250, 6)
 SIGMA = Noise(0.002, 30, 5)
 DEFAULTS = SelectionConfig()
 RULE = rule_of(DEFAULTS)                  # the config defaults
-UNIT = RULE.__class__(promote_at=0.5, discard_at=0.2, max_runs=3, default=Prior(0.5, 0.3, 1.0), prior_weight=20)
+UNIT = Rule(promote_at=0.5, discard_at=0.2, max_runs=3, default=Prior(0.5, 0.3, 1.0), prior_weight=20)
 
 
 def test_noise_is_pooled_over_every_source_run_twice_with_its_dof():
@@ -141,7 +141,7 @@ def test_measured_power_at_one_sigma_is_a_third_at_the_default_prior_and_half_on
 def test_a_promoted_head_carries_no_selection_bias_when_the_prior_is_right():
     """Effects drawn from the rule's own prior: the posterior score of a promotion is unbiased, where the mean of
     the runs that selected it would be lucky by about half a σ."""
-    rule = RULE.__class__(promote_at=DEFAULTS.promote_at, discard_at=DEFAULTS.discard_at,
+    rule = Rule(promote_at=DEFAULTS.promote_at, discard_at=DEFAULTS.discard_at,
                           max_runs=DEFAULTS.max_runs, default=Prior(0.5, 0.3, 1.0), prior_weight=20)
     weights = masses(rule.default).tolist()
     draw = lambda rng: rng.choices(GRID.tolist(), weights)[0]        # noqa: E731  (spike, slab and tail)

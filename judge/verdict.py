@@ -136,16 +136,6 @@ def decide(cand_runs: list[float], head: HeadEstimate | None, noise: Noise, rule
                                   f"new seed ({runs}/{rule.max_runs} runs)", **facts)
 
 
-def compare_on_device(head_scores: dict[str, list[float] | float], device_kind: str) -> float | None:
-    """The head's score to compare a candidate against on the candidate's device kind (the mean of the head's
-    finite runs there), or None when the head has no score on that kind and must be re-run there first."""
-    scores = head_scores.get(device_kind)
-    if scores is None:
-        return None
-    finite = _finite([scores] if isinstance(scores, (int, float)) else scores)
-    return statistics.fmean(finite) if finite else None
-
-
 def is_seed_only_change(parent_src: str, cand_src: str) -> bool:
     """True when the two sources have the same AST once assignments to *SEED* names are removed: the candidate
     changes only seeds (or nothing but comments and layout). Seed assignments whose value could have an effect

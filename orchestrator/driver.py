@@ -582,7 +582,6 @@ class Driver:
         elif step.action == ASK_REFERENCE:
             self.ask_reference(job, self.archive.heads()[job.member], step.key, slot, step.short, step.wanted)
         elif step.action == RUN_AGAIN:                  # another run with the next seed of this trial
-            job.cleared_at = step.cleared_at
             self.say(f"  {job.trial_id} {job.member} val_bpb {result['val_bpb']:.4f}: {step.verdict['decided_by']}")
             self.ready.appendleft(job)
             self.save_work(job, slot, waiting=False)

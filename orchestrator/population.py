@@ -65,7 +65,6 @@ class Job:
     device_kind: str = ""                # run only on actors of this device kind ('' = any)
     attempt: int = 0                     # dispatches lost to infrastructure failures
     infra_failures: int = 0
-    cleared_at: int = 0                  # archives of the earlier rule: runs when it cleared (later ones confirmed)
     want_runs: int = 1                   # a reference job: runs of the head it is to add
     cost: dict = field(default_factory=dict)     # what proposing it cost (agent_seconds, agent_log, llm_* columns)
 
@@ -224,8 +223,7 @@ def of_current_segment(device_key: str) -> bool:
 def head_key(scores: Scores, head_hash: str) -> str | None:
     """The device key whose runs score a head: the first kind by name of the current segment, else of an
     earlier one; None when nothing scored it."""
-    kinds = [dev for dev in scores.judged_kinds(head_hash)
-             if scores.by_source.get((head_hash, dev)) or (head_hash, dev) in scores.shrunk]
+    kinds = [dev for dev in scores.judged_kinds(head_hash) if scores.estimate(head_hash, dev)]
     current = [dev for dev in kinds if of_current_segment(dev)]
     return (current or kinds)[0] if kinds else None
 

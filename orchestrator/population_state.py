@@ -223,12 +223,11 @@ def cull_plan(state: PopulationState, fraction: float, patience: int) -> list[tu
 
 @dataclass(frozen=True)
 class Step:
-    """What to do with a candidate whose latest run finished: FINISH with `verdict`; RUN_AGAIN (verdict rerun;
-    cleared_at: kept from an earlier rule's journal); ASK_REFERENCE (`short` more head runs on key's
-    device kind, to `wanted` there; the candidate parks); WAIT_BASELINE (the seed's runs are not all in)."""
+    """What to do with a candidate whose latest run finished: FINISH with `verdict`; RUN_AGAIN (verdict rerun);
+    ASK_REFERENCE (`short` more head runs on key's device kind, to `wanted` there; the candidate parks);
+    WAIT_BASELINE (the seed's runs are not all in)."""
     action: str
     verdict: dict | None = None
-    cleared_at: int = 0
     key: tuple = ()
     short: int = 0
     wanted: int = 0
@@ -253,7 +252,7 @@ def next_step(state: PopulationState, job: Job, sel, device: str, baseline_pendi
         return Step(ASK_REFERENCE, key=key, short=short, wanted=wanted)
     verdict = judge_job(job, state.scores, head_hash, rule_of(sel), parent_source())
     if verdict["kind"] == "rerun":
-        return Step(RUN_AGAIN, verdict, cleared_at=job.cleared_at)
+        return Step(RUN_AGAIN, verdict)
     return Step(FINISH, verdict)
 
 
@@ -261,16 +260,16 @@ def work_of(job: Job, slot: dict, waiting: bool, head_hash: str = "", wanted: in
     """What a trial not judged yet must keep across a resume: its runs (seeds follow from their count), where it
     stands in the verdict, its device kind, and whether it waits to be judged (parked) rather than to run."""
     runs = [{k: v for k, v in r.items() if k not in BULKY} for r in job.runs]
-    return {"trial_id": job.trial_id, "runs": runs, "cleared_at": job.cleared_at,
-            "device_kind": job.device_kind, "want_runs": job.want_runs, "attempt": job.attempt,
+    return {"trial_id": job.trial_id, "runs": runs, "device_kind": job.device_kind, "want_runs": job.want_runs, "attempt": job.attempt,
             "infra_failures": job.infra_failures, "waiting": waiting, "slot": slot or {},
             "head_hash": head_hash, "wanted": wanted}
 
 
 def restore(job: Job, work: dict | None) -> Job:
-    """A pending job as its journal left it (no journal line: a trial with no finished run)."""
+    """A pending job as its journal left it (no journal line: a trial with no finished run); an earlier rule's
+    `cleared_at` in the line is not read (every run of a candidate now counts alike)."""
     if work:
         job.runs = list(work["runs"])
-        job.cleared_at, job.device_kind, job.want_runs = work["cleared_at"], work["device_kind"], work["want_runs"]
+        job.device_kind, job.want_runs = work["device_kind"], work["want_runs"]
         job.attempt, job.infra_failures = work.get("attempt", 0), work.get("infra_failures", 0)
     return job

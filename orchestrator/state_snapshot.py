@@ -2,8 +2,9 @@
 status replay only the journal lines (and records) after that point instead of every one since the start.
 
 A cache, never the truth: written atomically by the driver every SNAPSHOT_EVERY records, when its loop ends and
-after a resume that found none; a snapshot that is missing, unreadable, of another format, seed or score segment, or that does not end on a line
-of today's journal is ignored and the whole journal is replayed. Pure JSON; no git, torch or Ray."""
+after a resume that found none; a snapshot that is missing, unreadable, of another format, seed or score segment,
+or that does not end on a line of today's journal is ignored and the whole journal is replayed. Pure JSON; no
+git, torch or Ray."""
 from __future__ import annotations
 
 import gc

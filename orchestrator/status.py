@@ -191,7 +191,8 @@ def status_text(archive_dir) -> str:
     scored = {r["member"]: r["head_val_bpb"] for r in rows}
     best = best_member(scored, {r["member"]: r["head_segment"] for r in rows if r["head_segment"] is not None},
                        segment)
-    margin = margin_of(state.scores, best, hashes.get(best, ""), rule_of(cfg.selection))
+    rule = rule_of(cfg.selection)
+    margin = margin_of(state.scores, best, hashes.get(best, ""), rule)
     statuses: dict = {}
     for status in columns["status"]:
         statuses[status or "unknown"] = statuses.get(status or "unknown", 0) + 1
@@ -204,7 +205,7 @@ def status_text(archive_dir) -> str:
              f"({', '.join(f'{s} {n}' for s, n in counts) or 'none'}), {promoted} promoted",
              f"seed: {baseline_text([v for dev in sorted(state.baseline) for v in state.baseline[dev]])}; "
              f"margin {margin_text(*margin)}",
-             f"noise: {noise_text(state.scores)}", f"edit effects: {prior_text(state.scores, rule_of(cfg.selection))}",
+             f"noise: {noise_text(state.scores)}", f"edit effects: {prior_text(state.scores, rule)}",
              segment_text(segment, config_change.history(path)), ""]
     columns = list(COLUMNS)
     if segment:                                        # which heads are scored in this segment, which not yet

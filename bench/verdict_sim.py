@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.config import SelectionConfig                     # noqa: E402
+from orchestrator.fingerprint import source_hash                    # noqa: E402
 from orchestrator.population import (Job, Scores, head_runs_wanted, judge_job, reference_runs_needed,  # noqa: E402
                                      rule_of, score_row)
 
@@ -109,7 +110,7 @@ class Popsearch:
 
     def top_up(self, lin: Lineage, head_src: str, wanted: int) -> None:
         """The driver's reference runs: the head's weight on the device kind up to `wanted`."""
-        head_hash = Job("", "", "", "", head_src, "", "").hash
+        head_hash = source_hash(head_src)
         short = reference_runs_needed(self.scores, head_hash, DEVICE, wanted)
         if short:
             ref = self.job(lin.name, head_src, "reference")
@@ -119,7 +120,7 @@ class Popsearch:
     def step(self, lin: Lineage, e: float) -> None:
         head_src = self.head[lin.name]
         job = self.job(lin.name, f"X = {self.n}  # {lin.name}\n", "mutate")
-        head_hash = Job("", "", "", "", head_src, "", "").hash
+        head_hash = source_hash(head_src)
         while True:
             job.runs.append(_ok(lin.run(lin.true + e)))
             self.top_up(lin, head_src, head_runs_wanted(self.sel, len(job.runs)))
